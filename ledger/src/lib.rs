@@ -1,1 +1,11 @@
-//! Placeholder: replaced by the crate's implementation.
+//! `ehr-ledger`: the consortium's replicated ledger, as a sans-IO PBFT state machine.
+//!
+//! - [`app`]: the contract between consensus and the replicated application ([`app::App`]).
+//! - [`replica`]: the PBFT replica core (normal case, checkpoints, view change, state transfer).
+//! - [`state`]: the application: participants, attributes, capsules, records, grants, audit.
+//!
+//! Nothing in this crate reads a clock, draws randomness or does network I/O: time arrives as
+//! ticks, randomness and signing keys are given, and effects leave as actions.
+
+pub mod app;
+pub mod error;

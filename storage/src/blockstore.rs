@@ -1,0 +1,1 @@
+//! On-disk IPFS blockstore facade. (Being written.)

@@ -1,0 +1,1 @@
+//! Streaming AEAD envelope. (Being written.)
