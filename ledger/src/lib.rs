@@ -9,3 +9,5 @@
 
 pub mod app;
 pub mod error;
+pub mod replica;
+pub mod state;

@@ -1,0 +1,1 @@
+//! The PBFT replica core. (Being written.)

@@ -1,0 +1,1 @@
+//! The replicated application state. (Being written.)
