@@ -1,0 +1,5 @@
+//! The `ehr` node: the command line, and (as they land) the HTTP API, the ledger's network
+//! driver and the wiring of storage, search and ledger. The binary in `main.rs` only calls
+//! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
+
+pub mod cli;
