@@ -10,4 +10,7 @@
 pub mod app;
 pub mod error;
 pub mod replica;
+pub mod policy;
+pub mod smt;
 pub mod state;
+pub mod tx;

@@ -1,1 +1,0 @@
-//! On-disk IPFS blockstore facade. (Being written.)
