@@ -1,0 +1,914 @@
+//! The on-disk IPFS blockstore: a concrete facade over rust-ipfs.
+//!
+//! [`Blockstore`] owns a `rust_ipfs::Ipfs` with a file-system repository and a libp2p swarm
+//! (TCP + QUIC, noise, yamux, bitswap, identify, ping; no DHT unless asked). Its methods take
+//! and return plain types ([`Cid`], [`Bytes`], tokio readers and writers, [`Multiaddr`],
+//! [`PeerId`]) so rust-ipfs's generics are monomorphised once, here, and not in every crate
+//! that stores a record.
+//!
+//! Invariants:
+//! - CIDs are Kubo's `ipfs add --cid-version=1` CIDs (see [`dag`]).
+//! - `add` streams: at most `max_in_flight_blocks` blocks are in memory; a root is pinned
+//!   (recursively) only after every block of its DAG has been written and fsynced, so a crash
+//!   leaves at most unpinned blocks, which [`Blockstore::gc`] removes.
+//! - Every block read is re-hashed against its CID before its bytes are released.
+//! - `gc` never runs while an add or a pin is between "first block written" and "root pinned".
+
+pub mod config;
+pub mod dag;
+mod read;
+
+use std::io;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::{BoxStream, StreamExt, TryStreamExt};
+use rust_ipfs::builder::DefaultIpfsBuilder;
+use rust_ipfs::p2p::IdentifyConfiguration;
+use rust_ipfs::{Block, Ipfs, Keypair, PinMode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::RwLock;
+use tokio::task::JoinSet;
+use tracing::{debug, info, instrument, warn};
+
+pub use cid::Cid;
+pub use config::{BlockstoreConfig, IdentitySource, PrivateNetworkKey};
+pub use dag::{CHUNK_SIZE, DagBuilder, MAX_LINKS};
+pub use rust_ipfs::{Multiaddr, PeerId};
+
+use crate::error::StoreError;
+use dag::{DagBlock, RAW_CODEC};
+
+/// What [`Blockstore::add`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddResult {
+    /// The root CID (CIDv1 base32 when displayed), pinned recursively.
+    pub cid: Cid,
+    /// File size in bytes.
+    pub size: u64,
+    /// Blocks in the DAG (leaves and branch nodes).
+    pub blocks: u64,
+}
+
+/// What [`Blockstore::check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsistencyReport {
+    /// Recursive pins examined.
+    pub pins_checked: usize,
+    /// Recursive pins whose DAG is not complete locally: `(root, first missing block)`.
+    pub incomplete_pins: Vec<(Cid, Cid)>,
+    /// Temporary files of a pin write interrupted by a crash (the pin was never made); they
+    /// are removed by the check.
+    pub interrupted_pin_writes: Vec<PathBuf>,
+}
+
+impl ConsistencyReport {
+    /// True when nothing inconsistent was found.
+    pub fn is_clean(&self) -> bool {
+        self.incomplete_pins.is_empty() && self.interrupted_pin_writes.is_empty()
+    }
+}
+
+/// A running IPFS node over an on-disk repository. Cheap to clone (shared handle).
+#[derive(Clone)]
+pub struct Blockstore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ipfs: Ipfs,
+    peer_id: PeerId,
+    config: BlockstoreConfig,
+    /// Adds and pins hold it shared; `gc` holds it exclusively.
+    gc_lock: RwLock<()>,
+    open_report: ConsistencyReport,
+}
+
+impl std::fmt::Debug for Blockstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blockstore")
+            .field("repo", &self.inner.config.repo)
+            .field("peer_id", &self.inner.peer_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn repo_err(what: &str) -> impl FnOnce(rust_ipfs::Error) -> StoreError + '_ {
+    move |e| StoreError::Repo(format!("{what}: {e:#}"))
+}
+
+/// Reads the identity file, or creates it (mode 0600, fsynced) with a fresh Ed25519 keypair.
+fn load_identity(path: Option<&Path>) -> Result<Keypair, StoreError> {
+    let Some(path) = path else {
+        return Ok(Keypair::generate_ed25519());
+    };
+    let id_err = |reason: String| StoreError::Identity {
+        path: path.to_path_buf(),
+        reason,
+    };
+    match std::fs::read(path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes)
+            .map_err(|e| id_err(format!("not a protobuf-encoded libp2p keypair: {e}"))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let kp = Keypair::generate_ed25519();
+            let bytes = kp
+                .to_protobuf_encoding()
+                .map_err(|e| id_err(e.to_string()))?;
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).map_err(|e| id_err(e.to_string()))?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(path).map_err(|e| id_err(e.to_string()))?;
+            io::Write::write_all(&mut f, &bytes).map_err(|e| id_err(e.to_string()))?;
+            f.sync_all().map_err(|e| id_err(e.to_string()))?;
+            Ok(kp)
+        }
+        Err(e) => Err(id_err(e.to_string())),
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; returns the bytes read.
+async fn read_chunk<R: AsyncRead + Unpin>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]).await {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+impl Blockstore {
+    /// Opens (creating if needed) the repository and starts the swarm.
+    ///
+    /// With `check_on_open`, every recursive pin's DAG is checked for completeness and leftovers
+    /// of an interrupted pin write are removed; the findings are logged and kept in
+    /// [`Blockstore::open_report`].
+    #[instrument(skip_all, fields(repo = %cfg.repo.display()))]
+    pub async fn open(cfg: BlockstoreConfig) -> Result<Self, StoreError> {
+        cfg.validate()?;
+        tokio::fs::create_dir_all(&cfg.repo).await?;
+        let keypair = {
+            let path = cfg.identity_path();
+            tokio::task::spawn_blocking(move || load_identity(path.as_deref()))
+                .await
+                .map_err(|e| StoreError::Repo(format!("identity task: {e}")))??
+        };
+        let peer_id = keypair.public().to_peer_id();
+
+        let mut builder = DefaultIpfsBuilder::with_keypair(&keypair)
+            .map_err(|e| StoreError::Identity {
+                path: cfg.identity_path().unwrap_or_default(),
+                reason: e.to_string(),
+            })?
+            .set_path(&cfg.repo)
+            .with_identify(IdentifyConfiguration {
+                agent_version: format!("ehr/{}", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            })
+            .with_bitswap()
+            .with_ping(Default::default())
+            .enable_tcp()
+            .set_listening_addrs(cfg.listen.clone());
+        match &cfg.private_network {
+            // pnet wraps stream transports only; QUIC would bypass it, so it stays off.
+            Some(key) => {
+                info!(fingerprint = %key.fingerprint(), "private network enabled (TCP only)");
+                builder = builder.enable_pnet(key.psk());
+            }
+            None => builder = builder.enable_quic(),
+        }
+        if cfg.kademlia {
+            builder = builder.with_kademlia();
+        }
+        let ipfs = builder
+            .start()
+            .await
+            .map_err(repo_err("starting the node"))?;
+
+        for addr in &cfg.bootstrap {
+            if let Err(e) = ipfs.connect(addr.clone()).await {
+                warn!(%addr, error = %e, "bootstrap peer unreachable");
+            }
+        }
+
+        let mut store = Self {
+            inner: Arc::new(Inner {
+                ipfs,
+                peer_id,
+                config: cfg,
+                gc_lock: RwLock::new(()),
+                open_report: ConsistencyReport::default(),
+            }),
+        };
+        if store.inner.config.check_on_open {
+            let report = store.check().await?;
+            for (root, missing) in &report.incomplete_pins {
+                warn!(%root, %missing, "pinned DAG is incomplete");
+            }
+            for path in &report.interrupted_pin_writes {
+                warn!(path = %path.display(), "removed leftover of an interrupted pin write");
+            }
+            if let Some(inner) = Arc::get_mut(&mut store.inner) {
+                inner.open_report = report;
+            }
+        }
+        info!(peer_id = %store.inner.peer_id, "blockstore open");
+        Ok(store)
+    }
+
+    /// What the consistency check at open found (empty if `check_on_open` was off).
+    pub fn open_report(&self) -> &ConsistencyReport {
+        &self.inner.open_report
+    }
+
+    /// The configuration the store was opened with.
+    pub fn config(&self) -> &BlockstoreConfig {
+        &self.inner.config
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The addresses the swarm listens on (with ephemeral ports resolved).
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, StoreError> {
+        self.inner
+            .ipfs
+            .listening_addresses()
+            .await
+            .map_err(|e| StoreError::Network(e.to_string()))
+    }
+
+    /// Dials a peer (`.../p2p/<peer id>`) and waits for the connection.
+    pub async fn connect(&self, addr: Multiaddr) -> Result<(), StoreError> {
+        self.inner
+            .ipfs
+            .connect(addr.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::Network(format!("dialing {addr}: {e}")))
+    }
+
+    /// Peers currently connected.
+    pub async fn connected_peers(&self) -> Result<Vec<PeerId>, StoreError> {
+        self.inner
+            .ipfs
+            .connected()
+            .await
+            .map_err(|e| StoreError::Network(e.to_string()))
+    }
+
+    /// Adds a file read from `reader` as a UnixFS DAG with Kubo's CIDv1 parameters, writes every
+    /// block durably, then pins the root recursively.
+    ///
+    /// Streams: the reader is consumed in 256 KiB chunks and at most `max_in_flight_blocks`
+    /// blocks are held. If this fails or is cancelled, nothing is pinned.
+    #[instrument(skip_all)]
+    pub async fn add<R: AsyncRead + Unpin + Send>(
+        &self,
+        reader: R,
+    ) -> Result<AddResult, StoreError> {
+        let _gc = self.inner.gc_lock.read().await;
+        let result = self.write_dag(reader).await?;
+        self.inner
+            .ipfs
+            .insert_pin(result.cid)
+            .recursive()
+            .local()
+            .await
+            .map_err(repo_err("pinning the root"))?;
+        debug!(cid = %result.cid, size = result.size, blocks = result.blocks, "added");
+        Ok(result)
+    }
+
+    /// Adds `data` (convenience for small in-memory inputs).
+    pub async fn add_bytes(&self, data: &[u8]) -> Result<AddResult, StoreError> {
+        self.add(data).await
+    }
+
+    /// Builds the DAG and writes its blocks (fsynced), without pinning.
+    async fn write_dag<R: AsyncRead + Unpin + Send>(
+        &self,
+        mut reader: R,
+    ) -> Result<AddResult, StoreError> {
+        let limit = self.inner.config.max_in_flight_blocks;
+        let mut builder = DagBuilder::new();
+        let mut writes: JoinSet<Result<(), StoreError>> = JoinSet::new();
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = read_chunk(&mut reader, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            for block in builder.push_chunk(&buf[..n]) {
+                self.spawn_write(&mut writes, limit, block).await?;
+            }
+            if n < CHUNK_SIZE {
+                break;
+            }
+        }
+        let size = builder.size();
+        let pushed = builder.blocks();
+        let (rest, root) = builder.finish();
+        let blocks = pushed + rest.len() as u64;
+        for block in rest {
+            self.spawn_write(&mut writes, limit, block).await?;
+        }
+        while let Some(res) = writes.join_next().await {
+            res.map_err(|e| StoreError::Repo(format!("block writer task: {e}")))??;
+        }
+        Ok(AddResult {
+            cid: root,
+            size,
+            blocks,
+        })
+    }
+
+    async fn spawn_write(
+        &self,
+        writes: &mut JoinSet<Result<(), StoreError>>,
+        limit: usize,
+        block: DagBlock,
+    ) -> Result<(), StoreError> {
+        while writes.len() >= limit {
+            if let Some(res) = writes.join_next().await {
+                res.map_err(|e| StoreError::Repo(format!("block writer task: {e}")))??;
+            }
+        }
+        let ipfs = self.inner.ipfs.clone();
+        writes.spawn(async move {
+            let block = Block::new_unchecked(block.cid, block.data);
+            ipfs.put_block(&block)
+                .broadcast_on_new_block(false)
+                .await
+                .map(|_| ())
+                .map_err(|e| StoreError::Repo(format!("writing block {}: {e:#}", block.cid())))
+        });
+        Ok(())
+    }
+
+    /// The CID `add` would give, without storing anything.
+    pub async fn only_hash<R: AsyncRead + Unpin + Send>(mut reader: R) -> Result<Cid, StoreError> {
+        let mut builder = DagBuilder::new();
+        let mut buf = vec![0u8; CHUNK_SIZE];
+        loop {
+            let n = read_chunk(&mut reader, &mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            builder.push_chunk(&buf[..n]);
+            if n < CHUNK_SIZE {
+                break;
+            }
+        }
+        Ok(builder.finish().1)
+    }
+
+    /// Streams the file `cid` from the local repository, verifying every block.
+    pub fn cat(&self, cid: Cid) -> BoxStream<'static, Result<Bytes, StoreError>> {
+        read::cat_stream(
+            self.inner.ipfs.clone(),
+            cid,
+            None,
+            self.inner.config.read_ahead_blocks,
+        )
+    }
+
+    /// Streams bytes `range` of the file `cid`, loading only the blocks that overlap it.
+    /// A range outside the file is [`StoreError::InvalidRange`].
+    pub fn cat_range(
+        &self,
+        cid: Cid,
+        range: Range<u64>,
+    ) -> BoxStream<'static, Result<Bytes, StoreError>> {
+        read::cat_stream(
+            self.inner.ipfs.clone(),
+            cid,
+            Some(range),
+            self.inner.config.read_ahead_blocks,
+        )
+    }
+
+    /// The file `cid` as an `AsyncRead` (errors surface as `io::Error` wrapping [`StoreError`]).
+    pub fn cat_reader(&self, cid: Cid) -> impl AsyncRead + Send + Unpin + 'static {
+        tokio_util::io::StreamReader::new(self.cat(cid).map_err(io::Error::other))
+    }
+
+    /// The size in bytes of the file `cid` (reads only its root block).
+    pub async fn file_size(&self, cid: Cid) -> Result<u64, StoreError> {
+        read::file_size(&self.inner.ipfs, cid).await
+    }
+
+    /// One block's bytes, verified (for the trustless gateway's raw responses).
+    pub async fn get_block(&self, cid: Cid) -> Result<Bytes, StoreError> {
+        read::fetch_verified(&self.inner.ipfs, cid).await
+    }
+
+    /// Whether the block is in the local repository.
+    pub async fn has_block(&self, cid: Cid) -> Result<bool, StoreError> {
+        self.inner
+            .ipfs
+            .repo()
+            .contains(&cid)
+            .await
+            .map_err(repo_err("checking a block"))
+    }
+
+    /// Checks that the DAG under `root` is entirely local (branch nodes are read and verified,
+    /// raw leaves are checked for presence); a missing block is [`StoreError::IncompleteDag`].
+    pub async fn check_dag(&self, root: Cid) -> Result<(), StoreError> {
+        match self.first_missing(root).await? {
+            None => Ok(()),
+            Some(missing) => Err(StoreError::IncompleteDag {
+                root: root.to_string(),
+                missing: missing.to_string(),
+            }),
+        }
+    }
+
+    /// The first block of the DAG under `root` (depth-first) that is not local, if any.
+    async fn first_missing(&self, root: Cid) -> Result<Option<Cid>, StoreError> {
+        let repo = self.inner.ipfs.repo();
+        let mut stack = vec![root];
+        while let Some(cid) = stack.pop() {
+            if cid.codec() == RAW_CODEC {
+                if !repo
+                    .contains(&cid)
+                    .await
+                    .map_err(repo_err("checking a block"))?
+                {
+                    return Ok(Some(cid));
+                }
+                continue;
+            }
+            let data = match read::fetch_verified(&self.inner.ipfs, cid).await {
+                Ok(d) => d,
+                Err(StoreError::BlockMissing { .. }) => return Ok(Some(cid)),
+                Err(e) => return Err(e),
+            };
+            let block = Block::new_unchecked(cid, data);
+            let mut refs = Vec::new();
+            block
+                .references(&mut refs)
+                .map_err(|e| StoreError::MalformedNode {
+                    cid: cid.to_string(),
+                    reason: e.to_string(),
+                })?;
+            stack.extend(refs.into_iter().rev());
+        }
+        Ok(None)
+    }
+
+    /// Pins `cid` recursively after checking its DAG is complete locally.
+    pub async fn pin(&self, cid: Cid) -> Result<(), StoreError> {
+        let _gc = self.inner.gc_lock.read().await;
+        self.check_dag(cid).await?;
+        self.inner
+            .ipfs
+            .insert_pin(cid)
+            .recursive()
+            .local()
+            .await
+            .map_err(repo_err("pinning"))
+    }
+
+    /// Removes the recursive pin of `cid` (its blocks become garbage unless pinned otherwise).
+    pub async fn unpin(&self, cid: Cid) -> Result<(), StoreError> {
+        self.inner
+            .ipfs
+            .remove_pin(cid)
+            .recursive()
+            .await
+            .map_err(repo_err("unpinning"))
+    }
+
+    /// Whether `cid` is pinned (directly, recursively, or as part of a pinned DAG).
+    pub async fn is_pinned(&self, cid: Cid) -> Result<bool, StoreError> {
+        self.inner
+            .ipfs
+            .is_pinned(cid)
+            .await
+            .map_err(repo_err("reading pins"))
+    }
+
+    /// The recursively pinned roots.
+    pub async fn list_pins(&self) -> Result<Vec<Cid>, StoreError> {
+        self.inner
+            .ipfs
+            .list_pins(Some(PinMode::Recursive))
+            .await
+            .map_ok(|(cid, _)| cid)
+            .try_collect()
+            .await
+            .map_err(repo_err("listing pins"))
+    }
+
+    /// Removes every block not reachable from a pin; returns the removed CIDs. Waits for
+    /// running adds and pins to finish, and blocks new ones meanwhile.
+    #[instrument(skip_all)]
+    pub async fn gc(&self) -> Result<Vec<Cid>, StoreError> {
+        let _gc = self.inner.gc_lock.write().await;
+        let removed = self
+            .inner
+            .ipfs
+            .gc()
+            .await
+            .map_err(repo_err("garbage collection"))?;
+        info!(removed = removed.len(), "gc done");
+        Ok(removed)
+    }
+
+    /// Checks every recursive pin's DAG for completeness and removes the temporary files left
+    /// by a pin write interrupted by a crash.
+    pub async fn check(&self) -> Result<ConsistencyReport, StoreError> {
+        let mut report = ConsistencyReport::default();
+        let pins_dir = self.inner.config.repo.join("datastore").join("pins");
+        report.interrupted_pin_writes =
+            tokio::task::spawn_blocking(move || remove_temp_pins(&pins_dir))
+                .await
+                .map_err(|e| StoreError::Repo(format!("pin scan task: {e}")))??;
+        for root in self.list_pins().await? {
+            report.pins_checked += 1;
+            if let Some(missing) = self.first_missing(root).await? {
+                report.incomplete_pins.push((root, missing));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Writes the DAG under `root` as a CARv1 archive (DFS pre-order, no duplicates) to
+    /// `writer`; returns the bytes written. Fails before writing if the DAG is incomplete.
+    pub async fn export_car<W: AsyncWrite + Unpin>(
+        &self,
+        root: Cid,
+        mut writer: W,
+    ) -> Result<u64, StoreError> {
+        self.check_dag(root).await?;
+        let mut stream = self.inner.ipfs.dag().export(root);
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| StoreError::Car(format!("exporting {root}: {e:#}")))?;
+            writer.write_all(&chunk).await?;
+            written += chunk.len() as u64;
+        }
+        writer.flush().await?;
+        Ok(written)
+    }
+
+    /// Imports a CARv1/v2 archive (every block hash-checked), then pins each root recursively
+    /// once its DAG is complete; returns the roots. A root whose DAG is incomplete is an error
+    /// and stays unpinned (its blocks are garbage).
+    pub async fn import_car<R: AsyncRead + Unpin + Send + 'static>(
+        &self,
+        reader: R,
+    ) -> Result<Vec<Cid>, StoreError> {
+        let _gc = self.inner.gc_lock.read().await;
+        let reader = tokio_util::compat::TokioAsyncReadCompatExt::compat(reader);
+        let roots = self
+            .inner
+            .ipfs
+            .dag()
+            .import(reader)
+            .await
+            .map_err(|e| StoreError::Car(format!("{e:#}")))?;
+        for root in &roots {
+            self.check_dag(*root).await?;
+        }
+        for root in &roots {
+            self.inner
+                .ipfs
+                .insert_pin(*root)
+                .recursive()
+                .local()
+                .await
+                .map_err(repo_err("pinning an imported root"))?;
+        }
+        Ok(roots)
+    }
+
+    /// Stops the swarm and releases the repository lock.
+    pub async fn shutdown(self) {
+        let ipfs = self.inner.ipfs.clone();
+        drop(self);
+        ipfs.exit_daemon().await;
+    }
+}
+
+/// Removes `*.recursive_temp` files (an interrupted pin write) under the pins directory.
+fn remove_temp_pins(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "recursive_temp") {
+                std::fs::remove_file(&path)?;
+                found.push(path);
+            }
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seeded(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut out = Vec::with_capacity(len + 8);
+        while out.len() < len {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn offline(dir: &Path) -> BlockstoreConfig {
+        BlockstoreConfig {
+            repo: dir.to_path_buf(),
+            listen: Vec::new(),
+            ..Default::default()
+        }
+    }
+
+    async fn collect(
+        s: BoxStream<'static, Result<Bytes, StoreError>>,
+    ) -> Result<Vec<u8>, StoreError> {
+        let parts: Vec<Bytes> = s.try_collect().await?;
+        Ok(parts.concat())
+    }
+
+    /// Finds the file holding `cid`'s block in the repository.
+    fn block_file(repo: &Path, cid: &Cid) -> PathBuf {
+        let name = cid.to_string();
+        let mut stack = vec![repo.join("blockstore")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).expect("blockstore dir readable") {
+                let p = e.expect("dir entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains(&name))
+                {
+                    return p;
+                }
+            }
+        }
+        panic!("no block file for {cid}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn add_cat_round_trip_and_only_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        for (i, len) in [
+            0,
+            1,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE + 7,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data = seeded(len, i as u64);
+            let added = store.add_bytes(&data).await.expect("add");
+            assert_eq!(added.size, len as u64);
+            assert_eq!(added.cid, dag::hash_bytes(&data), "len {len}");
+            assert_eq!(
+                Blockstore::only_hash(&data[..]).await.expect("only_hash"),
+                added.cid
+            );
+            assert_eq!(
+                collect(store.cat(added.cid)).await.expect("cat"),
+                data,
+                "len {len}"
+            );
+            assert_eq!(store.file_size(added.cid).await.expect("size"), len as u64);
+            assert!(store.is_pinned(added.cid).await.expect("is_pinned"));
+            let mut via_reader = Vec::new();
+            store
+                .cat_reader(added.cid)
+                .read_to_end(&mut via_reader)
+                .await
+                .expect("reader");
+            assert_eq!(via_reader, data);
+        }
+        assert_eq!(
+            store
+                .add_bytes(&seeded(3 * CHUNK_SIZE + 7, 5))
+                .await
+                .expect("add")
+                .blocks,
+            5
+        );
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cat_range_matches_slices() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        let len = 5 * CHUNK_SIZE + 123;
+        let data = seeded(len, 42);
+        let cid = store.add_bytes(&data).await.expect("add").cid;
+        let c = CHUNK_SIZE as u64;
+        for r in [
+            0..0,
+            0..1,
+            5..c,
+            c - 1..c + 1,
+            c..2 * c,
+            3..len as u64,
+            len as u64 - 1..len as u64,
+            2 * c + 9..4 * c + 1,
+        ] {
+            let got = collect(store.cat_range(cid, r.clone()))
+                .await
+                .expect("range");
+            assert_eq!(got, &data[r.start as usize..r.end as usize], "range {r:?}");
+        }
+        for bad in [0..len as u64 + 1, Range { start: 7, end: 3 }] {
+            assert!(
+                matches!(
+                    collect(store.cat_range(cid, bad.clone())).await,
+                    Err(StoreError::InvalidRange { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        // a single raw leaf
+        let small = store.add_bytes(b"0123456789").await.expect("add").cid;
+        assert_eq!(
+            collect(store.cat_range(small, 2..5)).await.expect("range"),
+            b"234"
+        );
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tampered_or_missing_blocks_are_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        let data = seeded(3 * CHUNK_SIZE, 7);
+        let cid = store.add_bytes(&data).await.expect("add").cid;
+        let leaf = dag::raw_cid(&data[CHUNK_SIZE..2 * CHUNK_SIZE]);
+        let path = block_file(dir.path(), &leaf);
+        let mut bytes = std::fs::read(&path).expect("read block");
+        bytes[100] ^= 1;
+        std::fs::write(&path, &bytes).expect("tamper");
+        let err = collect(store.cat(cid))
+            .await
+            .expect_err("tampered block must fail");
+        assert!(matches!(err, StoreError::HashMismatch { .. }), "{err}");
+        // bytes before the tampered leaf may be released, never the tampered bytes themselves
+        let first = collect(store.cat_range(cid, 0..CHUNK_SIZE as u64 - 1))
+            .await
+            .expect("first leaf intact");
+        assert_eq!(first, &data[..CHUNK_SIZE - 1]);
+        std::fs::remove_file(&path).expect("remove block");
+        assert!(matches!(
+            collect(store.cat(cid)).await,
+            Err(StoreError::BlockMissing { .. })
+        ));
+        assert!(matches!(
+            store.check_dag(cid).await,
+            Err(StoreError::IncompleteDag { .. })
+        ));
+        let report = store.check().await.expect("check");
+        assert_eq!(report.incomplete_pins, vec![(cid, leaf)]);
+        // a CID that is not a file
+        let cbor = Cid::new_v1(
+            0x71,
+            multihash_codetable::MultihashDigest::digest(
+                &multihash_codetable::Code::Sha2_256,
+                b"x",
+            ),
+        );
+        assert!(matches!(
+            collect(store.cat(cbor)).await,
+            Err(StoreError::UnsupportedCodec { .. })
+        ));
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unpin_then_gc_removes_only_garbage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        let keep = store
+            .add_bytes(&seeded(2 * CHUNK_SIZE + 1, 1))
+            .await
+            .expect("add");
+        let drop_ = store
+            .add_bytes(&seeded(2 * CHUNK_SIZE + 1, 2))
+            .await
+            .expect("add");
+        assert!(
+            store.gc().await.expect("gc").is_empty(),
+            "everything is pinned"
+        );
+        let mut pins = store.list_pins().await.expect("pins");
+        pins.sort();
+        let mut want = vec![keep.cid, drop_.cid];
+        want.sort();
+        assert_eq!(pins, want);
+        store.unpin(drop_.cid).await.expect("unpin");
+        assert!(!store.is_pinned(drop_.cid).await.expect("is_pinned"));
+        let removed = store.gc().await.expect("gc");
+        assert_eq!(removed.len() as u64, drop_.blocks);
+        assert!(!store.has_block(drop_.cid).await.expect("has"));
+        assert!(collect(store.cat(keep.cid)).await.is_ok());
+        assert!(
+            store.pin(drop_.cid).await.is_err(),
+            "cannot pin a DAG that is gone"
+        );
+        store.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn car_export_import_round_trip_and_identity_persists() {
+        let a_dir = tempfile::tempdir().expect("tempdir");
+        let b_dir = tempfile::tempdir().expect("tempdir");
+        let a = Blockstore::open(offline(a_dir.path()))
+            .await
+            .expect("open a");
+        let peer_a = a.peer_id();
+        let data = seeded(4 * CHUNK_SIZE + 3, 11);
+        let cid = a.add_bytes(&data).await.expect("add").cid;
+        let mut car = Vec::new();
+        let n = a.export_car(cid, &mut car).await.expect("export");
+        assert_eq!(n as usize, car.len());
+        a.shutdown().await;
+
+        let b = Blockstore::open(offline(b_dir.path()))
+            .await
+            .expect("open b");
+        assert_ne!(b.peer_id(), peer_a);
+        let roots = b
+            .import_car(std::io::Cursor::new(car.clone()))
+            .await
+            .expect("import");
+        assert_eq!(roots, vec![cid]);
+        assert!(b.is_pinned(cid).await.expect("pinned"));
+        assert_eq!(collect(b.cat(cid)).await.expect("cat"), data);
+        // a truncated archive is an error and pins nothing new
+        let c_dir = tempfile::tempdir().expect("tempdir");
+        let c = Blockstore::open(offline(c_dir.path()))
+            .await
+            .expect("open c");
+        assert!(
+            c.import_car(std::io::Cursor::new(car[..car.len() / 2].to_vec()))
+                .await
+                .is_err()
+        );
+        assert!(c.list_pins().await.expect("pins").is_empty());
+        b.shutdown().await;
+        c.shutdown().await;
+
+        let again = Blockstore::open(offline(a_dir.path()))
+            .await
+            .expect("reopen a");
+        assert_eq!(again.peer_id(), peer_a, "identity persists in the repo");
+        assert!(again.open_report().is_clean());
+        assert_eq!(
+            collect(again.cat(cid)).await.expect("cat after reopen"),
+            data
+        );
+        again.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn corrupt_identity_file_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("identity.key"), b"not a key").expect("write");
+        let err = Blockstore::open(offline(dir.path()))
+            .await
+            .expect_err("corrupt identity");
+        assert!(matches!(err, StoreError::Identity { .. }), "{err}");
+    }
+}
