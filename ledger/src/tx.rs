@@ -98,6 +98,10 @@ pub mod codes {
     pub const BAD_POLICY: &str = "bad-policy";
     /// A per-participant limit would be exceeded.
     pub const LIMIT_EXCEEDED: &str = "limit-exceeded";
+    /// An attribute to revoke is not assigned to the participant.
+    pub const NOT_ASSIGNED: &str = "not-assigned";
+    /// A snapshot does not decode or does not match the expected state root.
+    pub const BAD_SNAPSHOT: &str = "bad-snapshot";
 }
 
 pub(crate) fn reject(code: &'static str, reason: impl Into<String>) -> TxReject {
