@@ -411,6 +411,15 @@ pub struct Genesis {
     pub participants: Vec<GenesisParticipant>,
 }
 
+/// How far ahead of the sender's next nonce a transaction may be.
+#[derive(Clone, Copy, Debug)]
+enum NonceRule {
+    /// Exactly the next nonce (apply).
+    Exact,
+    /// Up to [`CHECK_NONCE_WINDOW`] ahead (check).
+    Window,
+}
+
 #[derive(Debug, Default)]
 struct SigCache {
     ids: BTreeSet<Hash>,
@@ -764,11 +773,11 @@ impl LedgerState {
     /// rejected by [`App::apply_block`], which is authoritative.
     pub fn check_txs(&self, txs: &[&[u8]]) -> Vec<Result<Hash, TxReject>> {
         let mut out: Vec<Result<Hash, TxReject>> = Vec::with_capacity(txs.len());
-        let mut pending: Vec<(usize, SignedTx, VerifyingKey, Vec<u8>)> = Vec::new();
+        let mut pending: Vec<(usize, SignedTx, Hash, VerifyingKey, Vec<u8>)> = Vec::new();
         for (i, bytes) in txs.iter().enumerate() {
             let id = tx_id(bytes);
             match SignedTx::decode(bytes).and_then(|tx| {
-                self.precheck(&tx, &id)?;
+                self.check_sender(&tx, NonceRule::Window)?;
                 let key = VerifyingKey::from_bytes(&tx.signer).map_err(|_| {
                     reject(codes::BAD_SIGNATURE, "signer: not a valid Ed25519 point")
                 })?;
@@ -779,23 +788,29 @@ impl LedgerState {
             }) {
                 Ok((tx, key)) => {
                     let msg = tx.signing_message();
-                    pending.push((i, tx, key, msg));
+                    pending.push((i, tx, id, key, msg));
                     out.push(Ok(id));
                 }
                 Err(r) => out.push(Err(r)),
             }
         }
-        let msgs: Vec<&[u8]> = pending.iter().map(|p| p.3.as_slice()).collect();
+        let msgs: Vec<&[u8]> = pending.iter().map(|p| p.4.as_slice()).collect();
         let sigs: Vec<Signature> = pending
             .iter()
             .map(|p| Signature::from_bytes(&p.1.signature))
             .collect();
-        let keys: Vec<VerifyingKey> = pending.iter().map(|p| p.2).collect();
-        if !pending.is_empty() && ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_err() {
-            for (i, tx, _, _) in &pending {
-                if let Err(r) = tx.verify_signature() {
-                    out[*i] = Err(r);
-                }
+        let keys: Vec<VerifyingKey> = pending.iter().map(|p| p.3).collect();
+        let batch_ok =
+            pending.is_empty() || ed25519_dalek::verify_batch(&msgs, &sigs, &keys).is_ok();
+        for (i, tx, id, _, _) in &pending {
+            let result = if batch_ok {
+                Ok(())
+            } else {
+                tx.verify_signature()
+            }
+            .and_then(|()| self.check_kind_if_next(tx, id));
+            if let Err(r) = result {
+                out[*i] = Err(r);
             }
         }
         out
@@ -803,31 +818,8 @@ impl LedgerState {
 
     // ----- validation -----
 
-    /// Everything but the signature: chain, sender, signer, nonce and (for the next nonce) the
-    /// kind's rules against the committed state at the next height.
-    fn precheck(&self, tx: &SignedTx, id: &Hash) -> Result<(), TxReject> {
-        let sender = self.check_envelope(tx)?;
-        let last = self.nonces.get(&sender.id).copied().unwrap_or(0);
-        let nonce = tx.body.nonce;
-        if nonce <= last {
-            return Err(reject(
-                codes::NONCE_REPLAYED,
-                format!("nonce: {nonce} already used (last {last})"),
-            ));
-        }
-        if nonce - last > CHECK_NONCE_WINDOW {
-            return Err(reject(
-                codes::NONCE_GAP,
-                format!("nonce: {nonce} too far ahead (next {})", last + 1),
-            ));
-        }
-        if nonce == last + 1 {
-            self.validate_kind(sender, tx, id, self.meta.height + 1)?;
-        }
-        Ok(())
-    }
-
-    fn check_envelope(&self, tx: &SignedTx) -> Result<&Participant, TxReject> {
+    /// Chain, sender, signer and nonce (exact for apply, a window for check).
+    fn check_sender(&self, tx: &SignedTx, rule: NonceRule) -> Result<&Participant, TxReject> {
         if tx.body.chain_id != self.meta.chain_id {
             return Err(reject(
                 codes::WRONG_CHAIN,
@@ -846,12 +838,6 @@ impl LedgerState {
                 "signer: not the sender's current key",
             ));
         }
-        Ok(sender)
-    }
-
-    /// The full authoritative check for position `height` (signature excluded).
-    fn validate(&self, tx: &SignedTx, id: &Hash, height: u64) -> Result<(), TxReject> {
-        let sender = self.check_envelope(tx)?;
         let last = self.nonces.get(&sender.id).copied().unwrap_or(0);
         let nonce = tx.body.nonce;
         if nonce <= last {
@@ -860,13 +846,27 @@ impl LedgerState {
                 format!("nonce: {nonce} already used (last {last})"),
             ));
         }
-        if nonce != last + 1 {
+        let ahead = match rule {
+            NonceRule::Exact => 1,
+            NonceRule::Window => CHECK_NONCE_WINDOW,
+        };
+        if nonce - last > ahead {
             return Err(reject(
                 codes::NONCE_GAP,
-                format!("nonce: {nonce} skips ahead of {}", last + 1),
+                format!("nonce: {nonce} skips ahead of the next nonce {}", last + 1),
             ));
         }
-        self.validate_kind(sender, tx, id, height)
+        Ok(sender)
+    }
+
+    /// For `check_tx`: the kind's rules at the next height, if the nonce is the next one
+    /// (otherwise earlier pending transactions may change the outcome).
+    fn check_kind_if_next(&self, tx: &SignedTx, id: &Hash) -> Result<(), TxReject> {
+        let sender = self.check_sender(tx, NonceRule::Window)?;
+        if self.nonces.get(&sender.id).copied().unwrap_or(0) + 1 == tx.body.nonce {
+            self.validate_kind(sender, tx, id, self.meta.height + 1)?;
+        }
+        Ok(())
     }
 
     fn require_role(sender: &Participant, roles: &[Role], what: &str) -> Result<(), TxReject> {
@@ -1422,8 +1422,9 @@ impl LedgerState {
     fn apply_tx(&mut self, bytes: &[u8], height: u64) -> Result<(), TxReject> {
         let tx = SignedTx::decode(bytes)?;
         let id = tx_id(bytes);
-        self.validate(&tx, &id, height)?;
+        let sender = self.check_sender(&tx, NonceRule::Exact)?;
         self.verify_signature_cached(&tx, &id)?;
+        self.validate_kind(sender, &tx, &id, height)?;
         self.execute(tx, id, height);
         Ok(())
     }
@@ -1526,12 +1527,13 @@ impl App for LedgerState {
     fn check_tx(&self, tx: &[u8]) -> Result<Hash, TxReject> {
         let decoded = SignedTx::decode(tx)?;
         let id = tx_id(tx);
-        self.precheck(&decoded, &id)?;
+        self.check_sender(&decoded, NonceRule::Window)?;
         decoded.verify_signature()?;
         self.sig_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id);
+        self.check_kind_if_next(&decoded, &id)?;
         Ok(id)
     }
 
