@@ -31,7 +31,7 @@ use crate::policy::validate_attribute;
 use encoding::{Reader, Writer, kind};
 
 pub use kem::{MAX_SECRET_LEN, WrappedKey, unwrap, wrap};
-pub use threshold::{combine, setup_dealer};
+pub use threshold::{PartialKey, combine, setup_dealer};
 
 /// The target group GT of the BLS12-381 pairing (written additively by arkworks).
 pub type Gt = PairingOutput<Bls12_381>;
