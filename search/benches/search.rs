@@ -141,7 +141,7 @@ fn build(records: usize) -> Built {
         for ev in &events {
             index.apply(ev).expect("apply");
         }
-        if end % 100_000 == 0 || end == records {
+        if end.is_multiple_of(100_000) || end == records {
             index.commit().expect("commit");
         }
         index_time += t.elapsed();
