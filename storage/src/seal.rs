@@ -1,1 +1,0 @@
-//! Streaming AEAD envelope. (Being written.)
