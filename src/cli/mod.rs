@@ -1,5 +1,6 @@
 //! The `ehr` command line: argument parsing and dispatch. Each area lives in its own module.
 
+mod dev;
 mod ipfs;
 mod seal;
 
@@ -12,12 +13,44 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "ehr", version, propagate_version = true)]
 pub struct Cli {
+    /// Log format on stderr. Logs never contain plaintext records, keywords or keys; the level
+    /// comes from `RUST_LOG` (default: warnings, and info for ehr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "EHR_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
+
+/// Installs the process-wide `tracing` subscriber (stderr, so stdout stays for command output).
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("warn,ehr=info,ehr_storage=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests calling `main` twice) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node on an embedded single-machine default (data under ./data, loopback ports).
+    Dev(dev::DevArgs),
     /// Work with the local IPFS repository: add files, read them back, pin, export CARs.
     #[command(subcommand)]
     Ipfs(ipfs::IpfsCmd),
@@ -30,7 +63,9 @@ enum Command {
 /// Parses the command line and runs the chosen command.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     match cli.command {
+        Command::Dev(args) => dev::run(args),
         Command::Ipfs(cmd) => ipfs::run(cmd),
         Command::Seal(args) => seal::run_seal(args),
         Command::Open(args) => seal::run_open(args),
