@@ -243,5 +243,13 @@ pub enum SseError {
     CorruptStore(&'static str),
     /// Sealing or opening a capsule failed in the CP-ABE layer.
     #[error("capsule: {0}")]
-    Capsule(String),
+    Abe(#[from] AbeError),
+    /// An opened capsule holds a state for another epoch than its header says.
+    #[error("capsule for epoch {header} holds a state of epoch {inner}")]
+    CapsuleEpochMismatch {
+        /// The epoch in the capsule header.
+        header: u32,
+        /// The epoch of the wrapped state.
+        inner: u32,
+    },
 }

@@ -49,6 +49,12 @@
 //!
 //! Both reject control characters and values longer than [`MAX_KEYWORD_BYTES`].
 //!
+//! # Capsules
+//! A [`Capsule`] is a [`SearchKeyState`] wrapped with CP-ABE ([`crate::abe::wrap`]) under the
+//! (hospital, policy)'s access policy, with `"ehr/sse/v1/capsule" || capsule id || epoch` as
+//! associated data. Rotation publishes a new capsule for the new epoch; researchers whose
+//! attributes satisfy the policy open the newest capsule and derive every earlier epoch from it.
+//!
 //! # Counters
 //! The uploader keeps, per (capsule, epoch, field, keyword), the next counter in a
 //! [`LabelCounter`]. [`MemoryCounters`] keeps them in memory; [`FileCounters`] keeps them in an
@@ -821,6 +827,131 @@ impl Query {
     /// A keyword query over every epoch of `state` for `capsule`.
     pub fn keyword(state: &SearchKeyState, capsule: CapsuleId, keyword: &Keyword) -> Query {
         Query::Keyword(state.trapdoors(capsule, keyword))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capsules
+// ---------------------------------------------------------------------------------------------
+
+const DS_CAPSULE_AAD: &[u8] = b"ehr/sse/v1/capsule";
+
+fn capsule_aad(id: &CapsuleId, epoch: u32) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(DS_CAPSULE_AAD.len() + 36);
+    aad.extend_from_slice(DS_CAPSULE_AAD);
+    aad.extend_from_slice(&id.0);
+    aad.extend_from_slice(&epoch.to_be_bytes());
+    aad
+}
+
+/// A capsule: the [`SearchKeyState`] of one (hospital, policy) search key at one epoch, wrapped
+/// with CP-ABE under the policy. The capsule id and epoch are bound as associated data, so a
+/// capsule cannot be passed off as another one's or another epoch's. Published on the ledger.
+#[derive(Clone)]
+pub struct Capsule {
+    capsule_id: CapsuleId,
+    epoch: u32,
+    wrapped: crate::abe::WrappedKey,
+}
+
+impl fmt::Debug for Capsule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Capsule")
+            .field("capsule_id", &self.capsule_id)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Capsule {
+    /// Wraps `state` under `policy` for `capsule_id`.
+    pub fn seal<R: RngCore + CryptoRng>(
+        pp: &crate::abe::PublicParams,
+        policy: &crate::policy::Policy,
+        capsule_id: CapsuleId,
+        state: &SearchKeyState,
+        rng: &mut R,
+    ) -> Result<Capsule, SseError> {
+        let aad = capsule_aad(&capsule_id, state.epoch);
+        let wrapped = crate::abe::wrap(pp, policy, &state.to_bytes(), &aad, rng)?;
+        Ok(Capsule {
+            capsule_id,
+            epoch: state.epoch,
+            wrapped,
+        })
+    }
+
+    /// Unwraps the state with a user's attribute key; `Err` if the attributes do not satisfy the
+    /// policy or the capsule was tampered with.
+    pub fn open(&self, key: &crate::abe::UserKey) -> Result<SearchKeyState, SseError> {
+        let aad = capsule_aad(&self.capsule_id, self.epoch);
+        let bytes = crate::abe::unwrap(key, &self.wrapped, &aad)?;
+        let state = SearchKeyState::from_bytes(&bytes)?;
+        if state.epoch != self.epoch {
+            return Err(SseError::CapsuleEpochMismatch {
+                header: self.epoch,
+                inner: state.epoch,
+            });
+        }
+        Ok(state)
+    }
+
+    /// The capsule id.
+    pub fn capsule_id(&self) -> CapsuleId {
+        self.capsule_id
+    }
+
+    /// The epoch of the wrapped state.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The access policy.
+    pub fn policy(&self) -> &crate::policy::Policy {
+        self.wrapped.policy()
+    }
+
+    /// Encodes: version, capsule id, epoch, wrapped key.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let w = self.wrapped.to_bytes();
+        let mut out = Vec::with_capacity(37 + w.len());
+        out.push(ENCODING_VERSION);
+        out.extend_from_slice(&self.capsule_id.0);
+        out.extend_from_slice(&self.epoch.to_be_bytes());
+        out.extend_from_slice(&w);
+        out
+    }
+
+    /// Decodes [`Capsule::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<Capsule, SseError> {
+        let what = "capsule";
+        if bytes.len() < 38 {
+            return Err(SseError::Encoding {
+                what,
+                reason: "too short",
+            });
+        }
+        if bytes[0] != ENCODING_VERSION {
+            return Err(SseError::Encoding {
+                what,
+                reason: "unknown version",
+            });
+        }
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&bytes[1..33]);
+        let epoch = u32::from_be_bytes(bytes[33..37].try_into().expect("4 bytes"));
+        if epoch >= DEFAULT_CHAIN_EPOCHS {
+            return Err(SseError::Encoding {
+                what,
+                reason: "epoch out of range",
+            });
+        }
+        let wrapped = crate::abe::WrappedKey::from_bytes(&bytes[37..])?;
+        Ok(Capsule {
+            capsule_id: CapsuleId(id),
+            epoch,
+            wrapped,
+        })
     }
 }
 
