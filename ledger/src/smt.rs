@@ -105,21 +105,29 @@ impl Node {
         }))
     }
 
-    fn insert(&mut self, depth: usize, key: Hash, vh: &Hash) {
+    /// Sets `key`; returns whether it is a new leaf.
+    fn insert(&mut self, depth: usize, key: Hash, vh: &Hash) -> bool {
         match self {
-            Node::Empty => *self = Node::leaf(key, vh),
-            Node::Leaf { key: k, .. } if *k == key => *self = Node::leaf(key, vh),
+            Node::Empty => {
+                *self = Node::leaf(key, vh);
+                true
+            }
+            Node::Leaf { key: k, .. } if *k == key => {
+                *self = Node::leaf(key, vh);
+                false
+            }
             Node::Leaf { key: k, .. } => {
                 let old_key = *k;
                 let old = std::mem::replace(self, Node::Empty);
                 *self = Node::split(old, old_key, Node::leaf(key, vh), key, depth);
+                true
             }
             Node::Internal(i) => {
                 i.dirty = true;
                 if bit(&key, depth) {
-                    i.right.insert(depth + 1, key, vh);
+                    i.right.insert(depth + 1, key, vh)
                 } else {
-                    i.left.insert(depth + 1, key, vh);
+                    i.left.insert(depth + 1, key, vh)
                 }
             }
         }
@@ -219,10 +227,9 @@ impl Smt {
     /// Sets `key` to a value whose SHA3-256 is `vh` (insert or replace). Call
     /// [`Smt::commit`] before reading the root.
     pub fn insert(&mut self, key: Hash, vh: Hash) {
-        if !self.contains(&key) {
+        if self.root.insert(0, key, &vh) {
             self.len += 1;
         }
-        self.root.insert(0, key, &vh);
     }
 
     /// Removes `key` if present.

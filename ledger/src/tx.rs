@@ -30,12 +30,12 @@ pub const MAX_TX_BYTES: usize = 64 * 1024;
 pub const MAX_CHAIN_ID: usize = 64;
 /// The longest participant label, in bytes.
 pub const MAX_LABEL: usize = 64;
-/// The longest attribute string, in bytes.
-pub const MAX_ATTRIBUTE_LEN: usize = 128;
+/// The longest attribute string (`key:value`), in bytes (as in the search crate's policies).
+pub const MAX_ATTRIBUTE_LEN: usize = 256;
 /// The most attributes one transaction may assign or revoke.
 pub const MAX_ATTRIBUTES_PER_TX: usize = 64;
-/// The longest capsule policy text, in bytes.
-pub const MAX_POLICY_LEN: usize = 4096;
+/// The longest capsule policy text, in bytes (as in the search crate's policies).
+pub const MAX_POLICY_LEN: usize = 16 * 1024;
 /// The longest wrapped (CP-ABE encapsulated) key, in bytes.
 pub const MAX_WRAPPED_KEY: usize = 4096;
 /// The longest content identifier, in bytes.
@@ -580,35 +580,27 @@ fn check_label(label: &str) -> Result<(), TxReject> {
     Ok(())
 }
 
-/// Whether `b` may appear in an attribute string: `[A-Za-z0-9._:@/-]`.
-pub fn is_attribute_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'@' | b'-' | b'/')
-}
-
-/// Checks an attribute string: 1..=[`MAX_ATTRIBUTE_LEN`] bytes of `[A-Za-z0-9._:@/-]`, not all
-/// digits, and not a policy keyword (`and`, `or`, `of`, any case).
+/// Checks an attribute string `key:value` (the policy language's form, value unquoted):
+/// at most [`MAX_ATTRIBUTE_LEN`] bytes; the key starts with an ASCII letter and holds only
+/// letters, digits, `_`, `.` and `-`; the value is not empty and has no control characters.
 pub fn check_attribute(a: &str) -> Result<(), TxReject> {
-    check_len("attribute", a.len(), 1, MAX_ATTRIBUTE_LEN)?;
-    if !a.bytes().all(is_attribute_byte) {
-        return Err(reject(
-            codes::INVALID_FIELD,
-            "attribute: only [A-Za-z0-9._:@/-] allowed",
-        ));
+    check_len("attribute", a.len(), 3, MAX_ATTRIBUTE_LEN)?;
+    let bad = |why: &str| Err(reject(codes::INVALID_FIELD, format!("attribute: {why}")));
+    let Some((key, value)) = a.split_once(':') else {
+        return bad("missing ':' between key and value");
+    };
+    let mut k = key.chars();
+    if !k.next().is_some_and(|c| c.is_ascii_alphabetic()) {
+        return bad("key must start with a letter");
     }
-    if a.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(reject(
-            codes::INVALID_FIELD,
-            "attribute: must not be all digits",
-        ));
+    if !k.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return bad("key may hold only letters, digits, '_', '.' and '-'");
     }
-    if ["and", "or", "of"]
-        .iter()
-        .any(|k| a.eq_ignore_ascii_case(k))
-    {
-        return Err(reject(
-            codes::INVALID_FIELD,
-            "attribute: must not be a policy keyword",
-        ));
+    if value.is_empty() {
+        return bad("empty value");
+    }
+    if value.chars().any(char::is_control) {
+        return bad("value contains a control character");
     }
     Ok(())
 }
@@ -735,7 +727,7 @@ mod tests {
             },
             TxKind::AssignAttributes {
                 participant: me,
-                attributes: vec!["AND".into()],
+                attributes: vec!["and".into()],
                 expiry_height: None,
             },
             TxKind::AssignAttributes {

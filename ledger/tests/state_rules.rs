@@ -743,3 +743,33 @@ fn non_increasing_height_is_a_broken_invariant() {
     net.state.apply_block(1, &[]);
     net.state.apply_block(1, &[]);
 }
+
+#[test]
+fn quoted_policy_values_match_assigned_attributes() {
+    let mut net = Net::new();
+    let cap = net.capsule("hospital_a", 1, r#"org:"St. Mary's" and role:researcher"#);
+    let c = net.record("hospital_a", cap, 1, None);
+    let researcher = net.id("researcher");
+    assert!(!net.state.is_authorised(&researcher, &c, net.state.height()));
+    net.rejects(
+        "authority",
+        TxKind::AssignAttributes {
+            participant: researcher,
+            attributes: vec!["St. Mary's".into()],
+            expiry_height: None,
+        },
+        codes::INVALID_FIELD,
+    );
+    net.ok(
+        "authority",
+        TxKind::AssignAttributes {
+            participant: researcher,
+            attributes: vec!["org:St. Mary's".into()],
+            expiry_height: None,
+        },
+    );
+    assert_eq!(
+        net.state.authorisation(&researcher, &c, net.state.height()),
+        Authorisation::Policy
+    );
+}
