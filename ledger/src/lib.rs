@@ -8,8 +8,13 @@
 //! ticks, randomness and signing keys are given, and effects leave as actions.
 
 pub mod app;
+pub mod block;
+pub mod crypto;
 pub mod error;
+pub mod merkle;
 pub mod replica;
+pub mod sim;
+pub mod store;
 pub mod policy;
 pub mod smt;
 pub mod state;

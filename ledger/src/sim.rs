@@ -1,0 +1,1279 @@
+//! A seeded, deterministic simulator for the replica core, and a small test application.
+//!
+//! The simulator owns `n` replicas, a virtual clock and a network whose links drop, duplicate,
+//! reorder and delay messages and can be partitioned. Replicas crash (their memory is discarded)
+//! and restart from their store. One replica may be Byzantine (an equivocating primary, a
+//! forger of certificates, or mute). After every action the oracle checks:
+//! - **agreement**: no two honest replicas commit different blocks at one height;
+//! - **no double vote**: no honest replica signs two digests for one (view, height), even
+//!   across restarts (every signed vote that leaves a replica is recorded);
+//! - **certified**: every committed block carries a valid commit certificate;
+//! - **honest messages are accepted**: no honest replica rejects an honest replica's message
+//!   as forged, equivocating or invalid;
+//!
+//! and at the end, after the network heals and every crashed replica restarts:
+//! - **liveness**: every submitted transaction is committed by every honest replica within a
+//!   bound of virtual time;
+//! - **durability**: a cold restart of every honest replica from its store reproduces its chain.
+//!
+//! Everything is driven by one ChaCha-free, dependency-free PRNG (SplitMix64) seeded from
+//! [`SimConfig::seed`], so a failing seed replays exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha3::{Digest, Sha3_256};
+
+use crate::app::{App, Hash, TxOutcome, TxReject};
+use crate::block::{CommittedBlock, Sig, VoteKind, batch_digest, vote_bytes};
+use crate::crypto::{
+    InsecureTestSigner, InsecureTestVerifier, ReplicaId, Signer, insecure_test_public_key,
+};
+use crate::error::LedgerError;
+use crate::replica::msg::{self, Body, Envelope, PreparedCert};
+use crate::replica::{Action, Dest, Input, Replica, ReplicaConfig};
+use crate::store::{MemStore, Store};
+
+// ---------------------------------------------------------------------------------------------
+// Test application
+// ---------------------------------------------------------------------------------------------
+
+/// How [`KvApp`] transactions are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvAuth {
+    /// A keyed SHA3 tag (fast; for the simulator).
+    Tag,
+    /// A real Ed25519 signature by a per-client key (for benchmarks).
+    Ed25519,
+}
+
+/// A small key-value application for tests and benchmarks: transactions
+/// `client:u8 || nonce:u64 || key_len:u8 || key || value || auth` set `key = value`; each
+/// (client, nonce) applies once. The state root is a SHA3 of an additive multiset hash of all
+/// entries, so it is maintained incrementally.
+#[derive(Debug, Clone)]
+pub struct KvApp {
+    auth: KvAuth,
+    height: u64,
+    entries: BTreeMap<Vec<u8>, Vec<u8>>,
+    nonces: BTreeSet<(u8, u64)>,
+    acc: [u64; 4],
+    client_keys: Vec<ed25519_dalek::VerifyingKey>,
+}
+
+fn kv_client_key(client: u8) -> ed25519_dalek::SigningKey {
+    let seed: [u8; 32] = Sha3_256::digest([b"kv-client-key".as_slice(), &[client]].concat()).into();
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+fn kv_tag(body: &[u8]) -> [u8; 32] {
+    let mut h = Sha3_256::new();
+    h.update(b"kv-test-tag\0");
+    h.update(body);
+    h.finalize().into()
+}
+
+fn lanes(h: &Hash) -> [u64; 4] {
+    let mut out = [0u64; 4];
+    for (i, c) in h.chunks(8).enumerate() {
+        out[i] = u64::from_be_bytes(c.try_into().expect("8-byte chunk"));
+    }
+    out
+}
+
+fn entry_hash(key: &[u8], value: &[u8]) -> Hash {
+    let mut h = Sha3_256::new();
+    h.update(b"kv-entry\0");
+    h.update((key.len() as u32).to_be_bytes());
+    h.update(key);
+    h.update(value);
+    h.finalize().into()
+}
+
+fn nonce_hash(client: u8, nonce: u64) -> Hash {
+    let mut h = Sha3_256::new();
+    h.update(b"kv-nonce\0");
+    h.update([client]);
+    h.update(nonce.to_be_bytes());
+    h.finalize().into()
+}
+
+fn reject(code: &'static str, reason: &str) -> TxReject {
+    TxReject {
+        code,
+        reason: reason.to_owned(),
+    }
+}
+
+struct KvTx<'a> {
+    client: u8,
+    nonce: u64,
+    key: &'a [u8],
+    value: &'a [u8],
+}
+
+impl KvApp {
+    /// An empty application.
+    pub fn new(auth: KvAuth) -> Self {
+        let client_keys = match auth {
+            KvAuth::Tag => Vec::new(),
+            KvAuth::Ed25519 => (0..=255u8)
+                .map(|c| kv_client_key(c).verifying_key())
+                .collect(),
+        };
+        Self {
+            auth,
+            height: 0,
+            entries: BTreeMap::new(),
+            nonces: BTreeSet::new(),
+            acc: [0; 4],
+            client_keys,
+        }
+    }
+
+    /// Builds a transaction.
+    pub fn make_tx(auth: KvAuth, client: u8, nonce: u64, key: &[u8], value: &[u8]) -> Vec<u8> {
+        assert!(key.len() <= 255, "test key too long");
+        let mut body = vec![client];
+        body.extend_from_slice(&nonce.to_be_bytes());
+        body.push(key.len() as u8);
+        body.extend_from_slice(key);
+        body.extend_from_slice(value);
+        match auth {
+            KvAuth::Tag => body.extend_from_slice(&kv_tag(&body)),
+            KvAuth::Ed25519 => {
+                use ed25519_dalek::Signer as _;
+                let sig = kv_client_key(client).sign(&body);
+                body.extend_from_slice(&sig.to_bytes());
+            }
+        }
+        body
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
+    }
+
+    /// The number of applied transactions.
+    pub fn applied(&self) -> usize {
+        self.nonces.len()
+    }
+
+    /// Whether (client, nonce) was applied.
+    pub fn has_applied(&self, client: u8, nonce: u64) -> bool {
+        self.nonces.contains(&(client, nonce))
+    }
+
+    fn parse<'a>(&self, tx: &'a [u8]) -> Result<KvTx<'a>, TxReject> {
+        let auth_len = match self.auth {
+            KvAuth::Tag => 32,
+            KvAuth::Ed25519 => 64,
+        };
+        if tx.len() < 10 + auth_len || tx.len() > 64 * 1024 {
+            return Err(reject("malformed", "transaction length"));
+        }
+        let (body, auth) = tx.split_at(tx.len() - auth_len);
+        let klen = body[9] as usize;
+        if body.len() < 10 + klen {
+            return Err(reject("malformed", "key length"));
+        }
+        let ok = match self.auth {
+            KvAuth::Tag => {
+                use subtle::ConstantTimeEq;
+                bool::from(kv_tag(body).ct_eq(auth))
+            }
+            KvAuth::Ed25519 => {
+                let sig = ed25519_dalek::Signature::from_slice(auth)
+                    .map_err(|_| reject("bad-signature", "signature encoding"))?;
+                self.client_keys[body[0] as usize]
+                    .verify_strict(body, &sig)
+                    .is_ok()
+            }
+        };
+        if !ok {
+            return Err(reject("bad-signature", "authenticator does not verify"));
+        }
+        Ok(KvTx {
+            client: body[0],
+            nonce: u64::from_be_bytes(body[1..9].try_into().expect("8 bytes")),
+            key: &body[10..10 + klen],
+            value: &body[10 + klen..],
+        })
+    }
+
+    fn add(&mut self, h: &Hash, sign: bool) {
+        for (a, l) in self.acc.iter_mut().zip(lanes(h)) {
+            *a = if sign {
+                a.wrapping_add(l)
+            } else {
+                a.wrapping_sub(l)
+            };
+        }
+    }
+
+    fn recompute(&mut self) {
+        self.acc = [0; 4];
+        let entries: Vec<Hash> = self.entries.iter().map(|(k, v)| entry_hash(k, v)).collect();
+        for h in entries {
+            self.add(&h, true);
+        }
+        let nonces: Vec<Hash> = self
+            .nonces
+            .iter()
+            .map(|(c, n)| nonce_hash(*c, *n))
+            .collect();
+        for h in nonces {
+            self.add(&h, true);
+        }
+    }
+}
+
+impl App for KvApp {
+    fn check_tx(&self, tx: &[u8]) -> Result<Hash, TxReject> {
+        let t = self.parse(tx)?;
+        if self.nonces.contains(&(t.client, t.nonce)) {
+            return Err(reject("nonce-replayed", "nonce already used"));
+        }
+        Ok(Sha3_256::digest(tx).into())
+    }
+
+    fn apply_block(&mut self, height: u64, txs: &[Vec<u8>]) -> (Vec<TxOutcome>, Hash) {
+        assert!(height > self.height, "invariant: heights increase");
+        self.height = height;
+        let mut out = Vec::with_capacity(txs.len());
+        for tx in txs {
+            let r = self.parse(tx).and_then(|t| {
+                if self.nonces.contains(&(t.client, t.nonce)) {
+                    Err(reject("nonce-replayed", "nonce already used"))
+                } else {
+                    Ok((t.client, t.nonce, t.key.to_vec(), t.value.to_vec()))
+                }
+            });
+            match r {
+                Ok((c, n, k, v)) => {
+                    self.nonces.insert((c, n));
+                    self.add(&nonce_hash(c, n), true);
+                    if let Some(old) = self.entries.get(&k) {
+                        let h = entry_hash(&k, old);
+                        self.add(&h, false);
+                    }
+                    self.add(&entry_hash(&k, &v), true);
+                    self.entries.insert(k, v);
+                    out.push(TxOutcome::Applied);
+                }
+                Err(e) => out.push(TxOutcome::Rejected(e)),
+            }
+        }
+        (out, self.state_root())
+    }
+
+    fn state_root(&self) -> Hash {
+        let mut h = Sha3_256::new();
+        h.update(b"kv-root\0");
+        h.update(self.height.to_be_bytes());
+        for a in self.acc {
+            h.update(a.to_be_bytes());
+        }
+        h.finalize().into()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        let s = (
+            self.height,
+            self.entries.iter().collect::<Vec<_>>(),
+            self.nonces.iter().collect::<Vec<_>>(),
+        );
+        postcard::to_stdvec(&s).expect("invariant: snapshot encodes")
+    }
+
+    fn restore(&mut self, snapshot: &[u8], expected_root: &Hash) -> Result<(), TxReject> {
+        type Snap = (u64, Vec<(Vec<u8>, Vec<u8>)>, Vec<(u8, u64)>);
+        let (height, entries, nonces): Snap =
+            postcard::from_bytes(snapshot).map_err(|_| reject("bad-snapshot", "decode"))?;
+        let mut next = KvApp::new(self.auth);
+        next.client_keys = std::mem::take(&mut self.client_keys);
+        next.height = height;
+        next.entries = entries.into_iter().collect();
+        next.nonces = nonces.into_iter().collect();
+        next.recompute();
+        if next.state_root() != *expected_root {
+            self.client_keys = next.client_keys;
+            return Err(reject("bad-snapshot", "state root mismatch"));
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulator
+// ---------------------------------------------------------------------------------------------
+
+/// SplitMix64: a tiny deterministic PRNG (the simulator must not depend on a global RNG).
+#[derive(Debug, Clone)]
+pub struct SimRng(u64);
+
+impl SimRng {
+    /// A generator from a seed.
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// True with probability `p_permille / 1000`.
+    pub fn chance(&mut self, p_permille: u64) -> bool {
+        self.below(1000) < p_permille
+    }
+}
+
+/// What the Byzantine replica (if any) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Byzantine {
+    /// Replica 0 (primary of view 0) sends different batches to different backups.
+    EquivocatingPrimary,
+    /// The last replica sends view changes with forged prepared certificates and, as primary,
+    /// new views with forged re-proposals.
+    ForgedCertificates,
+    /// The last replica never sends anything.
+    Mute,
+}
+
+/// A simulation scenario.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The seed (everything else random is derived from it).
+    pub seed: u64,
+    /// Replicas (3f+1).
+    pub n: usize,
+    /// Faults tolerated.
+    pub f: usize,
+    /// Transactions submitted during the chaos phase.
+    pub txs: usize,
+    /// Length of the chaos phase (virtual ms).
+    pub chaos_ms: u64,
+    /// Per-mille probability that a message is dropped during chaos.
+    pub drop_permille: u64,
+    /// Per-mille probability that a message is duplicated.
+    pub dup_permille: u64,
+    /// Maximum one-way delay (virtual ms); delays are uniform in 1..=max, so links reorder.
+    pub max_delay_ms: u64,
+    /// Whether replicas crash and restart during chaos (at most f at a time, counting the
+    /// Byzantine one).
+    pub crashes: bool,
+    /// Whether the network partitions during chaos.
+    pub partitions: bool,
+    /// One replica is cut off for the whole chaos phase while the others run far ahead (it
+    /// must catch up by state transfer).
+    pub lagger: bool,
+    /// The Byzantine behaviour, if any.
+    pub byzantine: Option<Byzantine>,
+    /// Checkpoint interval K.
+    pub checkpoint_interval: u64,
+    /// Watermark window L.
+    pub watermark_window: u64,
+    /// Maximum transactions per batch.
+    pub max_batch_txs: usize,
+    /// Base view-change timeout (virtual ms).
+    pub view_change_timeout_ms: u64,
+    /// After healing, every transaction must commit within this much virtual time.
+    pub liveness_bound_ms: u64,
+}
+
+impl SimConfig {
+    /// A random scenario for `seed`: faults, Byzantine behaviour and parameters drawn from it.
+    pub fn random(seed: u64) -> Self {
+        let mut r = SimRng::new(seed);
+        let byzantine = match r.below(6) {
+            0 => Some(Byzantine::EquivocatingPrimary),
+            1 => Some(Byzantine::ForgedCertificates),
+            2 => Some(Byzantine::Mute),
+            _ => None,
+        };
+        let crashes = byzantine.is_none() && r.chance(500);
+        let lagger = byzantine.is_none() && !crashes && r.chance(250);
+        Self {
+            seed,
+            n: 4,
+            f: 1,
+            txs: 10 + r.below(30) as usize,
+            chaos_ms: 2_000 + r.below(4_000),
+            drop_permille: [0, 20, 100, 250][r.below(4) as usize],
+            dup_permille: [0, 50, 200][r.below(3) as usize],
+            max_delay_ms: [1, 5, 40][r.below(3) as usize],
+            crashes,
+            partitions: r.chance(300),
+            lagger,
+            byzantine,
+            checkpoint_interval: [2, 4, 8][r.below(3) as usize],
+            watermark_window: 0,
+            max_batch_txs: [1, 3, 16][r.below(3) as usize],
+            view_change_timeout_ms: 300,
+            liveness_bound_ms: 120_000,
+        }
+        .with_window()
+    }
+
+    fn with_window(mut self) -> Self {
+        if self.watermark_window == 0 {
+            self.watermark_window = 2 * self.checkpoint_interval;
+        }
+        self
+    }
+}
+
+/// Statistics of one run.
+#[derive(Debug, Clone, Default)]
+pub struct SimReport {
+    /// Highest height committed by every honest replica.
+    pub committed_height: u64,
+    /// Messages delivered.
+    pub delivered: u64,
+    /// Highest view reached.
+    pub max_view: u64,
+    /// Inputs rejected by honest replicas (from the Byzantine replica, or stale forwards).
+    pub rejected: u64,
+    /// Crashes injected.
+    pub crashes: u64,
+    /// Virtual time at which the run finished.
+    pub end_ms: u64,
+}
+
+/// Opens a replica's store; called at start and, for on-disk stores, again after each crash.
+pub type StoreFactory = Box<dyn FnMut(ReplicaId) -> Box<dyn Store>>;
+
+#[derive(Debug)]
+enum Event {
+    Deliver {
+        to: ReplicaId,
+        from: ReplicaId,
+        msg: Vec<u8>,
+    },
+    Submit {
+        to: ReplicaId,
+        tx: Vec<u8>,
+    },
+}
+
+/// The simulator.
+pub struct Sim {
+    cfg: SimConfig,
+    rng: SimRng,
+    now: u64,
+    seq: u64,
+    queue: BTreeMap<(u64, u64), Event>,
+    replicas: Vec<Option<Replica<KvApp>>>,
+    stores: Vec<Option<Box<dyn Store>>>,
+    factory: Option<StoreFactory>,
+    rcfg: Vec<ReplicaConfig>,
+    keys: Vec<[u8; 32]>,
+    verifier: InsecureTestVerifier,
+    byz: Option<ReplicaId>,
+    healed: bool,
+    side: Vec<u8>,
+    committed: BTreeMap<u64, Hash>,
+    replica_heads: Vec<u64>,
+    clocks: Vec<u64>,
+    votes: BTreeMap<(ReplicaId, u64, u64), Hash>,
+    submitted: BTreeMap<Hash, Vec<u8>>,
+    report: SimReport,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim")
+            .field("seed", &self.cfg.seed)
+            .field("now", &self.now)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A failed property, with the seed to replay it.
+#[derive(Debug, Clone)]
+pub struct SimFailure {
+    /// The seed.
+    pub seed: u64,
+    /// Virtual time of the failure.
+    pub at_ms: u64,
+    /// What went wrong.
+    pub what: String,
+}
+
+impl std::fmt::Display for SimFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "simulation failed at {} ms: {} (replay with EHR_SIM_SEED={})",
+            self.at_ms, self.what, self.seed
+        )
+    }
+}
+
+impl Sim {
+    /// A simulator with in-memory stores.
+    pub fn new(cfg: SimConfig) -> Self {
+        Self::with_stores(cfg, None)
+    }
+
+    /// A simulator whose stores come from `factory` (called again on restart after a crash,
+    /// so an on-disk store is really reopened).
+    pub fn with_stores(cfg: SimConfig, factory: Option<StoreFactory>) -> Self {
+        let cfg = cfg.with_window();
+        let keys: Vec<[u8; 32]> = (0..cfg.n as u32).map(insecure_test_public_key).collect();
+        let rcfg: Vec<ReplicaConfig> = (0..cfg.n as u32)
+            .map(|id| ReplicaConfig {
+                chain_id: "sim-chain".into(),
+                epoch: 1,
+                id,
+                validators: keys.clone(),
+                f: cfg.f,
+                checkpoint_interval: cfg.checkpoint_interval,
+                watermark_window: cfg.watermark_window,
+                max_batch_txs: cfg.max_batch_txs,
+                max_batch_bytes: 64 * 1024,
+                batch_delay_ms: 2,
+                max_in_flight: 4,
+                view_change_timeout_ms: cfg.view_change_timeout_ms,
+                retransmit_ms: cfg.view_change_timeout_ms / 2,
+                max_message_bytes: 4 << 20,
+                max_pending_txs: 10_000,
+                max_blocks_per_response: 64,
+                fatal_reject_codes: crate::replica::DEFAULT_FATAL_REJECT_CODES.to_vec(),
+            })
+            .collect();
+        let byz = cfg.byzantine.map(|b| match b {
+            Byzantine::EquivocatingPrimary => 0,
+            _ => cfg.n as ReplicaId - 1,
+        });
+        let mut sim = Self {
+            rng: SimRng::new(cfg.seed),
+            now: 0,
+            seq: 0,
+            queue: BTreeMap::new(),
+            replicas: Vec::new(),
+            stores: Vec::new(),
+            factory,
+            verifier: InsecureTestVerifier::new(&keys),
+            keys,
+            rcfg,
+            byz,
+            healed: false,
+            side: vec![0; cfg.n],
+            committed: BTreeMap::new(),
+            replica_heads: vec![0; cfg.n],
+            clocks: vec![0; cfg.n],
+            votes: BTreeMap::new(),
+            submitted: BTreeMap::new(),
+            report: SimReport::default(),
+            cfg,
+        };
+        for id in 0..sim.cfg.n as ReplicaId {
+            let store: Box<dyn Store> = match sim.factory.as_mut() {
+                Some(f) => f(id),
+                None => Box::new(MemStore::new()),
+            };
+            sim.stores.push(Some(store));
+            sim.replicas.push(None);
+            sim.boot(id).expect("invariant: a fresh replica boots");
+        }
+        sim
+    }
+
+    fn fail<T>(&self, what: String) -> Result<T, SimFailure> {
+        Err(SimFailure {
+            seed: self.cfg.seed,
+            at_ms: self.now,
+            what,
+        })
+    }
+
+    fn honest(&self, id: ReplicaId) -> bool {
+        Some(id) != self.byz
+    }
+
+    fn boot(&mut self, id: ReplicaId) -> Result<(), SimFailure> {
+        let i = id as usize;
+        if self.stores[i].is_none() {
+            let f = self
+                .factory
+                .as_mut()
+                .expect("invariant: dropped stores have a factory");
+            self.stores[i] = Some(f(id));
+        }
+        let state = match self.stores[i].as_ref().map(|s| s.load()) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return self.fail(format!("replica {id}: store load: {e}")),
+            None => None,
+        };
+        let r = Replica::with_verifier(
+            self.rcfg[i].clone(),
+            Box::new(InsecureTestSigner::new(id)),
+            Box::new(InsecureTestVerifier::new(&self.keys)),
+            KvApp::new(KvAuth::Tag),
+            state,
+        );
+        match r {
+            Ok(mut r) => {
+                r.step(Input::Tick { now_ms: self.now }).ok();
+                self.clocks[i] = self.now;
+                self.replicas[i] = Some(r);
+                self.replica_heads[i] = self.replicas[i].as_ref().map_or(0, |r| r.last_executed());
+                self.process_actions(id)
+            }
+            Err(e) => self.fail(format!("replica {id}: restart failed: {e}")),
+        }
+    }
+
+    fn crash(&mut self, id: ReplicaId) {
+        self.replicas[id as usize] = None;
+        self.report.crashes += 1;
+        if self.factory.is_some() {
+            // Close the database; it is reopened from disk on restart.
+            self.stores[id as usize] = None;
+        }
+    }
+
+    fn link_up(&self, from: ReplicaId, to: ReplicaId) -> bool {
+        if self.healed {
+            return true;
+        }
+        if self.cfg.lagger && (from == self.lagger_id() || to == self.lagger_id()) {
+            return false;
+        }
+        self.side[from as usize] == self.side[to as usize]
+    }
+
+    fn lagger_id(&self) -> ReplicaId {
+        self.cfg.n as ReplicaId - 1
+    }
+
+    fn enqueue(&mut self, at: u64, ev: Event) {
+        self.seq += 1;
+        self.queue.insert((at, self.seq), ev);
+    }
+
+    fn transmit(&mut self, from: ReplicaId, to: ReplicaId, msg: Vec<u8>) {
+        if !self.link_up(from, to) {
+            return;
+        }
+        let chaos = !self.healed;
+        if chaos && self.rng.chance(self.cfg.drop_permille) {
+            return;
+        }
+        let copies = if chaos && self.rng.chance(self.cfg.dup_permille) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let delay = 1 + self.rng.below(self.cfg.max_delay_ms.max(1));
+            let at = self.now + delay;
+            self.enqueue(
+                at,
+                Event::Deliver {
+                    to,
+                    from,
+                    msg: msg.clone(),
+                },
+            );
+        }
+    }
+
+    fn send(&mut self, from: ReplicaId, to: Dest, msg: Vec<u8>) {
+        match to {
+            Dest::One(t) => {
+                if t != from && (t as usize) < self.cfg.n {
+                    self.transmit(from, t, msg);
+                }
+            }
+            Dest::All => {
+                for t in 0..self.cfg.n as ReplicaId {
+                    if t != from {
+                        let m = self
+                            .byzantine_rewrite(from, t, &msg)
+                            .unwrap_or_else(|| msg.clone());
+                        self.transmit(from, t, m);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The Byzantine replica's tampering with an outgoing broadcast to `to`.
+    fn byzantine_rewrite(&mut self, from: ReplicaId, to: ReplicaId, msg: &[u8]) -> Option<Vec<u8>> {
+        if Some(from) != self.byz {
+            return None;
+        }
+        let env = msg::decode(msg, usize::MAX).ok()?;
+        let signer = InsecureTestSigner::new(from);
+        let chain = env.chain_id.clone();
+        let epoch = env.epoch;
+        match (self.cfg.byzantine?, env.body) {
+            (
+                Byzantine::EquivocatingPrimary,
+                Body::PrePrepare {
+                    view,
+                    height,
+                    mut txs,
+                },
+            ) => {
+                if to.is_multiple_of(2) {
+                    return None;
+                }
+                // A different, still well-formed batch for odd replicas.
+                if txs.len() > 1 {
+                    txs.reverse();
+                } else {
+                    txs.clear();
+                }
+                let d = batch_digest(&chain, epoch, height, &txs);
+                let sig = Sig(signer.sign(&vote_bytes(
+                    &chain,
+                    epoch,
+                    VoteKind::PrePrepare,
+                    view,
+                    height,
+                    &d,
+                )));
+                Some(msg::encode_envelope(&Envelope {
+                    chain_id: chain,
+                    epoch,
+                    from,
+                    body: Body::PrePrepare { view, height, txs },
+                    sig,
+                }))
+            }
+            (Byzantine::ForgedCertificates, Body::ViewChange(mut vc)) => {
+                let h = vc.stable.height + 1;
+                let fake_tx =
+                    KvApp::make_tx(KvAuth::Tag, 250, self.rng.next_u64(), b"forged", b"x");
+                let txs = vec![fake_tx];
+                let view = vc.new_view.saturating_sub(1);
+                let d = batch_digest(&chain, epoch, h, &txs);
+                let mut prepares = vec![(
+                    from,
+                    Sig(signer.sign(&vote_bytes(&chain, epoch, VoteKind::Prepare, view, h, &d))),
+                )];
+                for r in 0..self.cfg.f.saturating_mul(2).saturating_sub(1) as ReplicaId {
+                    prepares.push(((from + 1 + r) % self.cfg.n as ReplicaId, Sig([7; 64])));
+                }
+                let forged = PreparedCert {
+                    view,
+                    height: h,
+                    txs,
+                    primary_sig: Sig(signer.sign(&vote_bytes(
+                        &chain,
+                        epoch,
+                        VoteKind::PrePrepare,
+                        view,
+                        h,
+                        &d,
+                    ))),
+                    prepares,
+                };
+                vc.prepared.retain(|c| c.height != h);
+                vc.prepared.insert(0, forged);
+                let body = Body::ViewChange(vc);
+                let sig = Sig(signer.sign(&msg::signing_bytes(&chain, epoch, from, &body, None)));
+                Some(msg::encode_envelope(&Envelope {
+                    chain_id: chain,
+                    epoch,
+                    from,
+                    body,
+                    sig,
+                }))
+            }
+            (Byzantine::ForgedCertificates, Body::NewView(mut nv)) => {
+                // Re-propose something other than what the view changes imply.
+                let view = nv.view;
+                let h = nv
+                    .view_changes
+                    .iter()
+                    .map(|s| s.vc.stable.height)
+                    .max()
+                    .unwrap_or(0)
+                    + 1;
+                let txs = vec![KvApp::make_tx(
+                    KvAuth::Tag,
+                    251,
+                    self.rng.next_u64(),
+                    b"forged",
+                    b"y",
+                )];
+                let d = batch_digest(&chain, epoch, h, &txs);
+                let sig = Sig(signer.sign(&vote_bytes(
+                    &chain,
+                    epoch,
+                    VoteKind::PrePrepare,
+                    view,
+                    h,
+                    &d,
+                )));
+                if let Some(p) = nv.proposals.first_mut() {
+                    p.txs = txs;
+                    p.sig = sig;
+                } else {
+                    nv.proposals.push(crate::replica::msg::Reproposal {
+                        height: h,
+                        txs,
+                        sig,
+                    });
+                }
+                let body = Body::NewView(nv);
+                let sig = Sig(signer.sign(&msg::signing_bytes(&chain, epoch, from, &body, None)));
+                Some(msg::encode_envelope(&Envelope {
+                    chain_id: chain,
+                    epoch,
+                    from,
+                    body,
+                    sig,
+                }))
+            }
+            _ => None,
+        }
+    }
+
+    /// Records every vote an honest replica signs and checks it never signs two digests for
+    /// one (view, height).
+    fn check_votes(&mut self, from: ReplicaId, wire: &[u8]) -> Result<(), SimFailure> {
+        if !self.honest(from) {
+            return Ok(());
+        }
+        let Ok(env) = msg::decode(wire, usize::MAX) else {
+            return self.fail(format!("replica {from} sent an undecodable message"));
+        };
+        let mut votes = Vec::new();
+        match &env.body {
+            Body::PrePrepare { view, height, txs } => {
+                votes.push((
+                    *view,
+                    *height,
+                    batch_digest(&env.chain_id, env.epoch, *height, txs),
+                ));
+            }
+            Body::Prepare {
+                view,
+                height,
+                digest,
+            }
+            | Body::Commit {
+                view,
+                height,
+                digest,
+            } => {
+                votes.push((*view, *height, *digest));
+            }
+            Body::NewView(nv) => {
+                for p in &nv.proposals {
+                    votes.push((
+                        nv.view,
+                        p.height,
+                        batch_digest(&env.chain_id, env.epoch, p.height, &p.txs),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        for (v, h, d) in votes {
+            match self.votes.get(&(env.from, v, h)) {
+                Some(old) if *old != d => {
+                    return self.fail(format!(
+                        "double vote: replica {} signed two digests at view {v}, height {h}",
+                        env.from
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    self.votes.insert((env.from, v, h), d);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn check_commit(&mut self, id: ReplicaId, b: &CommittedBlock) -> Result<(), SimFailure> {
+        if !self.honest(id) {
+            return Ok(());
+        }
+        let h = b.header.height;
+        if h <= self.replica_heads[id as usize] {
+            return self.fail(format!(
+                "replica {id} committed height {h} twice or out of order"
+            ));
+        }
+        self.replica_heads[id as usize] = h;
+        if let Err(e) = b.verify(
+            "sim-chain",
+            1,
+            self.cfg.n,
+            self.rcfg[0].quorum(),
+            &self.verifier,
+        ) {
+            return self.fail(format!(
+                "replica {id} committed height {h} without a valid certificate: {e}"
+            ));
+        }
+        let hash = b.header.hash();
+        match self.committed.get(&h) {
+            Some(x) if *x != hash => self.fail(format!(
+                "agreement violated at height {h}: replica {id} committed a different block"
+            )),
+            Some(_) => Ok(()),
+            None => {
+                self.committed.insert(h, hash);
+                Ok(())
+            }
+        }
+    }
+
+    fn process_actions(&mut self, id: ReplicaId) -> Result<(), SimFailure> {
+        let Some(r) = self.replicas[id as usize].as_mut() else {
+            return Ok(());
+        };
+        let actions: Vec<Action> = r.drain_actions().collect();
+        for a in actions {
+            match a {
+                Action::Persist(recs) => {
+                    let store = self.stores[id as usize]
+                        .as_mut()
+                        .expect("invariant: live replica has a store");
+                    if let Err(e) = store.apply(&recs) {
+                        return self.fail(format!("replica {id}: store: {e}"));
+                    }
+                }
+                Action::Send { to, msg } => {
+                    self.check_votes(id, &msg)?;
+                    if self.cfg.byzantine == Some(Byzantine::Mute) && Some(id) == self.byz {
+                        continue;
+                    }
+                    self.send(id, to, msg);
+                }
+                Action::Commit(b) => self.check_commit(id, &b)?,
+                Action::Reply { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, to: ReplicaId, from: ReplicaId, msg: Vec<u8>) -> Result<(), SimFailure> {
+        self.sync_clock(to)?;
+        let Some(r) = self.replicas[to as usize].as_mut() else {
+            return Ok(());
+        };
+        self.report.delivered += 1;
+        if let Err(e) = r.step(Input::Peer { from, msg }) {
+            self.report.rejected += 1;
+            let sender_honest = self.honest(from);
+            let benign = matches!(
+                e,
+                LedgerError::InvalidProposal(ref m) if m.starts_with("forward")
+            );
+            if sender_honest && self.honest(to) && !benign {
+                return self.fail(format!(
+                    "honest replica {to} rejected honest replica {from}'s message: {e}"
+                ));
+            }
+        }
+        self.process_actions(to)
+    }
+
+    /// Drivers feed the current time before other inputs whenever it advanced.
+    fn sync_clock(&mut self, id: ReplicaId) -> Result<(), SimFailure> {
+        if self.clocks[id as usize] < self.now {
+            self.tick(id)?;
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, to: ReplicaId, tx: Vec<u8>) -> Result<(), SimFailure> {
+        self.sync_clock(to)?;
+        let Some(r) = self.replicas[to as usize].as_mut() else {
+            return Ok(());
+        };
+        let _ = r.step(Input::Request(tx));
+        self.process_actions(to)
+    }
+
+    fn tick(&mut self, id: ReplicaId) -> Result<(), SimFailure> {
+        self.clocks[id as usize] = self.now;
+        if let Some(r) = self.replicas[id as usize].as_mut() {
+            r.step(Input::Tick { now_ms: self.now }).ok();
+            self.report.max_view = self.report.max_view.max(r.view());
+        }
+        self.process_actions(id)
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        self.replicas
+            .iter()
+            .flatten()
+            .filter_map(|r| r.next_deadline_ms())
+            .min()
+    }
+
+    /// Runs the scenario: chaos, heal, liveness, then a cold restart. Returns statistics or
+    /// the first violated property.
+    pub fn run(mut self) -> Result<SimReport, SimFailure> {
+        let n = self.cfg.n as ReplicaId;
+        // Schedule the client load.
+        for i in 0..self.cfg.txs {
+            let at = self.rng.below(self.cfg.chaos_ms.max(1));
+            let client = (i % 8) as u8;
+            let tx = KvApp::make_tx(
+                KvAuth::Tag,
+                client,
+                i as u64,
+                format!("k{}", i % 13).as_bytes(),
+                format!("v{i}").as_bytes(),
+            );
+            let id: Hash = Sha3_256::digest(&tx).into();
+            self.submitted.insert(id, tx.clone());
+            let to = if self.cfg.lagger {
+                self.rng.below(n as u64 - 1)
+            } else {
+                self.rng.below(n as u64)
+            } as ReplicaId;
+            self.enqueue(at, Event::Submit { to, tx });
+        }
+        let mut next_fault = 200 + self.rng.below(500);
+        let mut down: BTreeSet<ReplicaId> = BTreeSet::new();
+        loop {
+            let next_ev = self.queue.keys().next().map(|k| k.0);
+            let next_dl = self.next_deadline();
+            let chaos_end = if self.healed {
+                None
+            } else {
+                Some(self.cfg.chaos_ms)
+            };
+            let fault_at = if self.healed { None } else { Some(next_fault) };
+            let t = [next_ev, next_dl, chaos_end, fault_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(t) = t else { break };
+            self.now = self.now.max(t);
+            if !self.healed && self.now >= self.cfg.chaos_ms {
+                // Heal: reconnect everything, restart crashed replicas, resubmit everything.
+                self.healed = true;
+                self.side = vec![0; self.cfg.n];
+                for id in std::mem::take(&mut down) {
+                    self.boot(id)?;
+                }
+                let txs: Vec<Vec<u8>> = self.submitted.values().cloned().collect();
+                for tx in txs {
+                    for to in 0..n {
+                        self.submit(to, tx.clone())?;
+                    }
+                }
+            }
+            if !self.healed && self.now >= next_fault {
+                next_fault = self.now + 200 + self.rng.below(800);
+                if self.cfg.crashes && self.rng.chance(500) {
+                    if let Some(&id) = down.iter().next() {
+                        down.remove(&id);
+                        self.boot(id)?;
+                    } else {
+                        let id = self.rng.below(n as u64) as ReplicaId;
+                        down.insert(id);
+                        self.crash(id);
+                    }
+                }
+                if self.cfg.partitions && self.rng.chance(400) {
+                    if self.side.iter().all(|s| *s == 0) {
+                        for s in self.side.iter_mut() {
+                            *s = (self.rng.below(2)) as u8;
+                        }
+                    } else {
+                        self.side = vec![0; self.cfg.n];
+                    }
+                }
+            }
+            // Deliver everything due.
+            while let Some((&(at, s), _)) = self.queue.first_key_value() {
+                if at > self.now {
+                    break;
+                }
+                let ev = self
+                    .queue
+                    .remove(&(at, s))
+                    .expect("invariant: key just seen");
+                match ev {
+                    Event::Deliver { to, from, msg } => self.deliver(to, from, msg)?,
+                    Event::Submit { to, tx } => self.submit(to, tx)?,
+                }
+            }
+            for id in 0..n {
+                let due = self.replicas[id as usize]
+                    .as_ref()
+                    .and_then(|r| r.next_deadline_ms())
+                    .is_some_and(|d| d <= self.now);
+                if due {
+                    self.tick(id)?;
+                }
+            }
+            if self.healed {
+                if self.all_committed() {
+                    break;
+                }
+                if self.now > self.cfg.chaos_ms + self.cfg.liveness_bound_ms {
+                    let heads: Vec<u64> = self
+                        .replicas
+                        .iter()
+                        .map(|r| r.as_ref().map_or(0, |r| r.last_executed()))
+                        .collect();
+                    let views: Vec<(u64, bool)> = self
+                        .replicas
+                        .iter()
+                        .map(|r| {
+                            r.as_ref()
+                                .map_or((0, false), |r| (r.view(), r.is_view_active()))
+                        })
+                        .collect();
+                    let pend: Vec<(usize, usize)> = self
+                        .replicas
+                        .iter()
+                        .map(|r| {
+                            r.as_ref()
+                                .map_or((0, 0), |r| (r.app().applied(), r.pending_len()))
+                        })
+                        .collect();
+                    return self.fail(format!(
+                        "liveness: not every transaction committed {} ms after healing (heads {heads:?}, views {views:?}, applied/pending {pend:?} of {})",
+                        self.cfg.liveness_bound_ms,
+                        self.submitted.len()
+                    ));
+                }
+            }
+        }
+        self.report.end_ms = self.now;
+        self.report.committed_height = (0..n)
+            .filter(|i| self.honest(*i))
+            .filter_map(|i| {
+                self.replicas[i as usize]
+                    .as_ref()
+                    .map(|r| r.last_executed())
+            })
+            .min()
+            .unwrap_or(0);
+        self.cold_restart()?;
+        Ok(self.report)
+    }
+
+    fn all_committed(&self) -> bool {
+        (0..self.cfg.n as ReplicaId)
+            .filter(|i| self.honest(*i))
+            .all(|i| {
+                self.replicas[i as usize].as_ref().is_some_and(|r| {
+                    self.submitted.keys().all(|_| true)
+                        && r.app().applied() >= self.submitted.len()
+                        && r.pending_len() == 0
+                })
+            })
+    }
+
+    /// Every honest replica restarts from its store and must come back to the same head.
+    fn cold_restart(&mut self) -> Result<(), SimFailure> {
+        for id in 0..self.cfg.n as ReplicaId {
+            if !self.honest(id) {
+                continue;
+            }
+            let Some(before) = self.replicas[id as usize]
+                .as_ref()
+                .map(|r| (r.last_executed(), r.last_block_hash()))
+            else {
+                continue;
+            };
+            self.crash(id);
+            self.boot(id)?;
+            let after = self.replicas[id as usize]
+                .as_ref()
+                .map(|r| (r.last_executed(), r.last_block_hash()));
+            if after != Some(before) {
+                return self.fail(format!(
+                    "replica {id}: cold restart gave {after:?}, expected {before:?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The seeds a test should run: `EHR_SIM_SEED` replays one; `EHR_SIM_SEEDS` overrides the
+/// count; otherwise `default_count` seeds starting at `base`.
+pub fn seeds_from_env(base: u64, default_count: u64) -> Vec<u64> {
+    if let Ok(s) = std::env::var("EHR_SIM_SEED")
+        && let Ok(seed) = s.trim().parse::<u64>()
+    {
+        return vec![seed];
+    }
+    let count = std::env::var("EHR_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(default_count);
+    (base..base + count).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_app_round_trip() {
+        let mut a = KvApp::new(KvAuth::Tag);
+        let tx = KvApp::make_tx(KvAuth::Tag, 1, 5, b"k", b"v");
+        a.check_tx(&tx).unwrap();
+        let mut bad = tx.clone();
+        bad[12] ^= 1;
+        assert_eq!(a.check_tx(&bad).unwrap_err().code, "bad-signature");
+        let (o, root) = a.apply_block(1, &[tx.clone(), tx.clone()]);
+        assert_eq!(o[0], TxOutcome::Applied);
+        assert!(matches!(o[1], TxOutcome::Rejected(_)));
+        assert_eq!(a.get(b"k"), Some(&b"v"[..]));
+        let snap = a.snapshot();
+        let mut b = KvApp::new(KvAuth::Tag);
+        assert!(b.restore(&snap, &[0; 32]).is_err());
+        b.restore(&snap, &root).unwrap();
+        assert_eq!(b.state_root(), root);
+        assert!(b.check_tx(&tx).is_err(), "replay refused after restore");
+        let e = KvApp::make_tx(KvAuth::Ed25519, 3, 1, b"k", b"v");
+        KvApp::new(KvAuth::Ed25519).check_tx(&e).unwrap();
+    }
+
+    #[test]
+    fn quiet_run_commits_everything() {
+        let cfg = SimConfig {
+            seed: 1,
+            n: 4,
+            f: 1,
+            txs: 20,
+            chaos_ms: 1000,
+            drop_permille: 0,
+            dup_permille: 0,
+            max_delay_ms: 3,
+            crashes: false,
+            partitions: false,
+            lagger: false,
+            byzantine: None,
+            checkpoint_interval: 4,
+            watermark_window: 8,
+            max_batch_txs: 2,
+            view_change_timeout_ms: 300,
+            liveness_bound_ms: 30_000,
+        };
+        let r = Sim::new(cfg).run().unwrap_or_else(|e| panic!("{e}"));
+        assert!(r.committed_height >= 10, "{r:?}");
+        assert_eq!(r.max_view, 0, "{r:?}");
+    }
+}
