@@ -7,6 +7,7 @@
 //! - `EHR_BENCH_LARGE=1` also runs 10^6 records (several minutes, about 1 GB of disk);
 //! - `EHR_BENCH_RECORDS=n` runs n records only (quick checks);
 //! - `EHR_BENCH_WRITER_THREADS=n` sets tantivy's indexing threads (default 1);
+//! - `EHR_BENCH_SEARCH_LOOP=n` repeats the largest probe query n times (for profiling);
 //! - `EHR_BENCH_PAIRING_DOCS=n` sets the number of documents the pairing baseline is timed on
 //!   (default 10^4).
 //!
@@ -230,6 +231,17 @@ fn search_latency(b: &Built, records: usize) {
             b.probes[1].0,
             ms(percentile(&mut times, 0.5))
         );
+    }
+    // Profiling aid: repeat the largest probe query.
+    if let Some(n) = std::env::var("EHR_BENCH_SEARCH_LOOP")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        && let Some((_, kw)) = b.probes.last()
+    {
+        let q = Query::keyword(&state, CAPSULE, kw);
+        for _ in 0..n {
+            std::hint::black_box(b.index.search(&q, None, 100).expect("search"));
+        }
     }
     let _ = b.dir.path();
 }

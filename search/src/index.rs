@@ -33,6 +33,8 @@
 //! absent labels (`max_gap` tolerates counters reserved for uploads that never reached the
 //! ledger; 0 is classic Π_bas). Keyword = union of its trapdoors' records, AND = intersection,
 //! OR = union. Cost grows with the number of hits, not with the number of records.
+//! Chains longer than 1,024 labels are looked up in parallel blocks (`search_threads`) with the
+//! same stopping rule, so results never depend on the thread count.
 //!
 //! # Order and pagination
 //! Results are sorted by (ledger height, `cid_key`, CID), `cid_key` being the first 8 bytes of
@@ -81,6 +83,8 @@ pub struct IndexConfig {
     pub max_query_depth: usize,
     /// Largest page a search may ask for.
     pub max_page_size: usize,
+    /// Threads one long chain expansion may use (chains of up to 1,024 labels use one).
+    pub search_threads: usize,
 }
 
 impl Default for IndexConfig {
@@ -92,6 +96,9 @@ impl Default for IndexConfig {
             max_query_trapdoors: 4096,
             max_query_depth: 16,
             max_page_size: 1000,
+            search_threads: std::thread::available_parallelism()
+                .map(|n| n.get().min(4))
+                .unwrap_or(1),
         }
     }
 }
@@ -119,6 +126,9 @@ impl IndexConfig {
         }
         if self.max_query_depth == 0 {
             return bad("max_query_depth", "must be positive");
+        }
+        if self.search_threads == 0 || self.search_threads > 64 {
+            return bad("search_threads", "must be between 1 and 64");
         }
         if self.max_page_size == 0 {
             return bad("max_page_size", "must be positive");
@@ -733,7 +743,7 @@ impl Index {
         self.check_query(query, 1, &mut count)?;
         let searcher = self.reader.searcher();
         let ctx = SearchCtx::new(searcher.segment_readers(), &self.fields)?;
-        let docs = ctx.eval(query, self.config.max_gap)?;
+        let docs = ctx.eval(query, self.config.max_gap, self.config.search_threads)?;
 
         // Order keys; drop removed records.
         let mut keyed: Vec<(u64, u64, u64)> = Vec::with_capacity(docs.len());
@@ -888,12 +898,12 @@ impl SearchCtx {
     }
 
     /// Sorted, deduplicated document references matching `q`.
-    fn eval(&self, q: &Query, max_gap: u32) -> Result<Vec<u64>, IndexError> {
+    fn eval(&self, q: &Query, max_gap: u32, threads: usize) -> Result<Vec<u64>, IndexError> {
         match q {
             Query::Keyword(tds) => {
                 let mut out = Vec::new();
                 for td in tds {
-                    self.expand(td, max_gap, &mut out)?;
+                    self.expand(td, max_gap, threads, &mut out)?;
                 }
                 out.sort_unstable();
                 out.dedup();
@@ -902,7 +912,7 @@ impl SearchCtx {
             Query::And(qs) => {
                 let mut acc: Option<Vec<u64>> = None;
                 for s in qs {
-                    let r = self.eval(s, max_gap)?;
+                    let r = self.eval(s, max_gap, threads)?;
                     acc = Some(match acc {
                         None => r,
                         Some(a) => intersect(&a, &r),
@@ -913,7 +923,7 @@ impl SearchCtx {
             Query::Or(qs) => {
                 let mut out = Vec::new();
                 for s in qs {
-                    out.extend(self.eval(s, max_gap)?);
+                    out.extend(self.eval(s, max_gap, threads)?);
                 }
                 out.sort_unstable();
                 out.dedup();
@@ -922,44 +932,83 @@ impl SearchCtx {
         }
     }
 
+    /// Looks one label up, the segment of the previous hit first; appends its documents.
+    fn lookup(
+        &self,
+        label: &Label,
+        last_seg: &mut usize,
+        bp: &mut BlockSegmentPostings,
+        out: &mut Vec<u64>,
+    ) -> Result<bool, IndexError> {
+        let n = self.segments.len();
+        for i in 0..n {
+            let seg = (*last_seg + i) % n;
+            let inv = &self.segments[seg].labels;
+            if let Some(ti) = inv.terms().get(label.as_bytes())? {
+                inv.reset_block_postings_from_terminfo(&ti, bp)?;
+                loop {
+                    let docs = bp.docs();
+                    if docs.is_empty() {
+                        break;
+                    }
+                    out.extend(docs.iter().map(|&d| make_ref(seg as u32, d)));
+                    bp.advance();
+                }
+                *last_seg = seg;
+                // A label lives in one segment unless an uploader reused it (then the entry is
+                // returned from the first segment holding it): looking further would cost one
+                // lookup per segment per hit.
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Looks up the labels of counters `range`; returns `(counter, document)` pairs in counter
+    /// order.
+    fn lookup_range(
+        &self,
+        key: &crate::sse::KeywordKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<(u64, u64)>, IndexError> {
+        let mut last_seg = self.segments.len() - 1;
+        let mut bp = BlockSegmentPostings::empty();
+        let mut docs = Vec::new();
+        let mut out = Vec::new();
+        for c in range {
+            docs.clear();
+            if self.lookup(&key.label(c), &mut last_seg, &mut bp, &mut docs)? {
+                out.extend(docs.iter().map(|&d| (c, d)));
+            }
+        }
+        Ok(out)
+    }
+
     /// Expands one chain: labels `PRF(K, 0), PRF(K, 1), ...` until `max_gap + 1` consecutive
     /// labels are absent; appends the documents found.
-    fn expand(&self, td: &Trapdoor, max_gap: u32, out: &mut Vec<u64>) -> Result<(), IndexError> {
+    ///
+    /// The first [`SEQUENTIAL_PREFIX`] counters are looked up one by one; a longer chain is
+    /// looked up in blocks of doubling size split over `threads` threads, and the block's
+    /// results are then walked in counter order with exactly the sequential stopping rule (hits
+    /// after the end of the chain are discarded), so the result does not depend on `threads`.
+    fn expand(
+        &self,
+        td: &Trapdoor,
+        max_gap: u32,
+        threads: usize,
+        out: &mut Vec<u64>,
+    ) -> Result<(), IndexError> {
         let key = td.key();
-        let n = self.segments.len();
-        if n == 0 {
+        if self.segments.is_empty() {
             return Ok(());
         }
-        let mut last_seg = n - 1;
-        let mut misses = 0u32;
+        let mut last_seg = self.segments.len() - 1;
+        let mut bp = BlockSegmentPostings::empty();
+        let mut misses = 0u64;
+        let max_gap = u64::from(max_gap);
         let mut counter = 0u64;
-        loop {
-            let label = key.label(counter);
-            let mut found = false;
-            for i in 0..n {
-                let seg = (last_seg + i) % n;
-                let inv = &self.segments[seg].labels;
-                if let Some(ti) = inv.terms().get(label.as_bytes())? {
-                    let mut bp: BlockSegmentPostings = inv.read_block_postings_from_terminfo(
-                        &ti,
-                        tantivy::schema::IndexRecordOption::Basic,
-                    )?;
-                    loop {
-                        let docs = bp.docs();
-                        if docs.is_empty() {
-                            break;
-                        }
-                        out.extend(docs.iter().map(|&d| make_ref(seg as u32, d)));
-                        bp.advance();
-                    }
-                    last_seg = seg;
-                    found = true;
-                    // A label is unique unless an uploader reused it; keep looking only in
-                    // that case would cost a lookup per segment per hit, so stop here.
-                    break;
-                }
-            }
-            if found {
+        while counter < SEQUENTIAL_PREFIX || threads <= 1 {
+            if self.lookup(&key.label(counter), &mut last_seg, &mut bp, out)? {
                 misses = 0;
             } else {
                 misses += 1;
@@ -971,8 +1020,53 @@ impl SearchCtx {
                 IndexError::InvalidQuery("a chain longer than 2^64 labels".into())
             })?;
         }
+        let mut block = SEQUENTIAL_PREFIX;
+        loop {
+            let end = counter.checked_add(block).ok_or_else(|| {
+                IndexError::InvalidQuery("a chain longer than 2^64 labels".into())
+            })?;
+            let per = block.div_ceil(threads as u64);
+            let parts: Vec<Result<Vec<(u64, u64)>, IndexError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads as u64)
+                    .map(|t| {
+                        let lo = (counter + t * per).min(end);
+                        let hi = (lo + per).min(end);
+                        s.spawn(move || self.lookup_range(key, lo..hi))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a search thread panicked"))
+                    .collect()
+            });
+            let mut next_expected = counter;
+            for part in parts {
+                for (c, d) in part? {
+                    if c >= next_expected {
+                        // `c` is a new found counter: the misses since the last hit end here.
+                        if misses + (c - next_expected) > max_gap {
+                            return Ok(());
+                        }
+                        misses = 0;
+                        next_expected = c + 1;
+                    }
+                    out.push(d);
+                }
+            }
+            misses += end - next_expected;
+            if misses > max_gap {
+                return Ok(());
+            }
+            counter = end;
+            block = (block * 2).min(MAX_PARALLEL_BLOCK);
+        }
     }
 }
+
+/// Counters looked up one by one before a chain expansion goes parallel.
+const SEQUENTIAL_PREFIX: u64 = 1024;
+/// Largest block of counters looked up in parallel at once.
+const MAX_PARALLEL_BLOCK: u64 = 1 << 16;
 
 fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
     let (mut i, mut j) = (0, 0);

@@ -671,3 +671,62 @@ fn no_keyword_or_keyword_key_bytes_on_disk() {
     }
     assert!(files > 3, "the index directory is suspiciously empty");
 }
+
+/// Long chains are expanded in parallel blocks; the result (including where a chain stops at a
+/// gap longer than `max_gap`) must not depend on the number of threads.
+#[test]
+fn parallel_expansion_matches_sequential() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut world = World::new(12);
+    let kws: BTreeSet<usize> = [0usize].into_iter().collect();
+    let key = world.owner.epoch_key().keyword_key(&world.vocab[0]);
+    let max_gap = IndexConfig::default().max_gap;
+    let mut reachable = BTreeSet::new();
+    {
+        let mut index = open(dir.path());
+        for i in 0..3000u32 {
+            // Small gaps (tolerated) now and then, straddling the parallel block borders.
+            if i % 397 == 0 {
+                for _ in 0..max_gap {
+                    world.counters.reserve(&[&key]).unwrap();
+                }
+            }
+            let ev = world.add(&kws);
+            let IndexEvent::RecordAdded { cid, .. } = &ev else {
+                unreachable!()
+            };
+            reachable.insert(cid.clone());
+            index.apply(&ev).unwrap();
+            if i % 1000 == 999 {
+                index.commit().unwrap();
+                world.next_block();
+            }
+        }
+        // A gap longer than max_gap: records after it are unreachable by design.
+        for _ in 0..=max_gap {
+            world.counters.reserve(&[&key]).unwrap();
+        }
+        for _ in 0..10 {
+            let ev = world.add(&kws);
+            index.apply(&ev).unwrap();
+        }
+        index.commit().unwrap();
+    }
+    let q = Query::keyword(&world.owner.state(), CAPSULE, &world.vocab[0]);
+    let mut results = Vec::new();
+    for threads in [1, 2, 3] {
+        let index = Index::open(
+            dir.path(),
+            IndexConfig {
+                search_threads: threads,
+                ..IndexConfig::default()
+            },
+        )
+        .unwrap();
+        results.push(all_results(&index, &q, 1000));
+    }
+    assert_eq!(results[0], results[1]);
+    assert_eq!(results[0], results[2]);
+    let got: BTreeSet<Vec<u8>> = results[0].iter().cloned().collect();
+    assert_eq!(got, reachable);
+}
