@@ -3,3 +3,4 @@
 //! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
 
 pub mod cli;
+pub mod ledger_net;

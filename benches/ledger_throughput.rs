@@ -1,0 +1,2 @@
+//! Consensus throughput over loopback (being written).
+fn main() {}
