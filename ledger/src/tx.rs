@@ -13,8 +13,10 @@
 //! Decoding is strict: the whole input is at most [`MAX_TX_BYTES`], the body must re-encode to
 //! exactly the bytes it was read from (so every transaction has one encoding and one id), the
 //! signature block must follow it with nothing after, and every variable-length field is
-//! bounded (see the `MAX_*` constants) and, for strings, restricted to a small character set so
-//! that no free text (and so no health data) can reach the ledger.
+//! bounded (see the `MAX_*` constants). Strings are few and constrained so that no free text
+//! (and so no health data) reaches the ledger: chain ids and labels are `[a-z0-9._:@-]`, a
+//! patient has no label at all, access purposes are an enumeration, and attributes and
+//! policies follow the policy language ([`crate::policy`]).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};

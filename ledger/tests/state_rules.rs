@@ -773,3 +773,22 @@ fn quoted_policy_values_match_assigned_attributes() {
         Authorisation::Policy
     );
 }
+
+/// The encoding of state leaves and keys is part of consensus: a change must be deliberate
+/// (and versioned), never a side effect. This pins the root of the test genesis and of one
+/// block on top of it.
+#[test]
+fn state_root_encoding_is_pinned() {
+    let mut net = Net::new();
+    let genesis_root = hex::encode(net.state.state_root());
+    let cap = net.capsule("hospital_a", 1, "role:researcher");
+    net.record("hospital_a", cap, 1, None);
+    let root = hex::encode(net.state.state_root());
+    assert_eq!(
+        (genesis_root.as_str(), root.as_str()),
+        (
+            "a4d25af7a15ba3165ba45d77dfd32a052180e70b2fb7428b316e21d93a090272",
+            "687947826763050b2ff8fb71b162263d6c2f9a839ac90f0bdb1b547dbf3c1b9c"
+        )
+    );
+}
