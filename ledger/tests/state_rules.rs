@@ -792,3 +792,25 @@ fn state_root_encoding_is_pinned() {
         )
     );
 }
+
+#[test]
+fn check_tx_changes_nothing() {
+    let mut net = Net::new();
+    let before = (net.state.state_root(), net.state.snapshot());
+    let bytes = net.tx(
+        "hospital_a",
+        TxKind::PublishCapsule {
+            capsule: CapsuleId([5; 32]),
+            policy: "role:researcher".into(),
+            epoch: 0,
+            wrapped_search_key: vec![1; 8],
+        },
+    );
+    let id = net.state.check_tx(&bytes).unwrap();
+    assert_eq!(id, SignedTx::decode(&bytes).unwrap().id());
+    let refs: Vec<&[u8]> = vec![&bytes];
+    assert_eq!(net.state.check_txs(&refs), vec![Ok(id)]);
+    assert_eq!((net.state.state_root(), net.state.snapshot()), before);
+    assert!(net.state.take_events().is_empty());
+    assert!(net.state.capsule(&CapsuleId([5; 32])).is_none());
+}
