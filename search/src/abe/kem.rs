@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, Zeroizing};
 
 use super::encoding::{Reader, Writer, kind};
-use super::{Gt, PublicParams, UserKey, hash, random_nonzero};
+use super::{Gt, PublicParams, UserKey, fixed, hash, random_nonzero};
 use crate::error::AbeError;
 use crate::policy::{Lsss, MAX_POLICY_LEN, Policy};
 
@@ -160,20 +160,18 @@ impl Dem {
 
 /// The FABEO ciphertext components for the given coins.
 fn encapsulate(lsss: &Lsss, coins: &Coins) -> (G2Affine, Vec<G2Affine>, Vec<G1Affine>) {
-    let h = G2Affine::generator();
-    let c0 = (h * coins.s0()).into_affine();
-    let cj: Vec<G2Affine> = coins.s.iter().map(|s| (h * s).into_affine()).collect();
-    let b = hash::b_point();
+    let c0 = fixed::h_mul(&coins.s0());
+    let cj = fixed::h_mul_many(&coins.s);
+    let mut lambdas: Vec<Fr> = (0..lsss.rows().len())
+        .map(|i| lsss.share(i, &coins.v))
+        .collect();
+    let b_parts = fixed::b_mul_many(&lambdas);
+    lambdas.zeroize();
     let rows: Vec<G1Projective> = lsss
         .rows()
         .iter()
-        .enumerate()
-        .map(|(i, row)| {
-            let mut lambda = lsss.share(i, &coins.v);
-            let p = b * lambda + hash::attribute_point(&row.attribute) * coins.s[row.occurrence];
-            lambda.zeroize();
-            p
-        })
+        .zip(&b_parts)
+        .map(|(row, b)| *b + hash::attribute_point(&row.attribute) * coins.s[row.occurrence])
         .collect();
     (c0, cj, G1Projective::normalize_batch(&rows))
 }
@@ -367,14 +365,8 @@ pub fn unwrap(key: &UserKey, wk: &WrappedKey, aad: &[u8]) -> Result<Zeroizing<Ve
     // Fujisaki-Okamoto: the header must be the deterministic encryption of sigma.
     let text = wk.policy.to_string();
     let coins = Coins::derive(&sigma, &text, &lsss);
-    let h = G2Affine::generator();
-    if (h * coins.s0()).into_affine() != wk.c0 {
+    if fixed::h_mul(&coins.s0()) != wk.c0 || fixed::h_mul_many(&coins.s) != wk.cj {
         return Err(AbeError::DecryptionFailed);
-    }
-    for (c, s) in wk.cj.iter().zip(&coins.s) {
-        if (h * s).into_affine() != *c {
-            return Err(AbeError::DecryptionFailed);
-        }
     }
     let digest = wk.header_digest();
     if !rows_match(&lsss, &coins, &wk.rows, &sigma, &digest) {

@@ -11,6 +11,7 @@
 //! The equations, encodings and the security argument are in `search/CRYPTO.md`.
 
 mod encoding;
+mod fixed;
 pub mod hash;
 mod kem;
 mod threshold;
@@ -396,9 +397,9 @@ fn issue_body<R: RngCore + CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> KeyBody {
     let mut r = random_nonzero(rng);
-    let k1 = (G2Affine::generator() * r).into_affine();
+    let k1 = fixed::h_mul(&r);
     let mut g1s: Vec<G1Projective> = Vec::with_capacity(attrs.len() + 1);
-    g1s.push(G1Affine::generator() * alpha + hash::b_point() * r);
+    g1s.push(fixed::g_mul(alpha) + fixed::b_mul(&r));
     for a in attrs {
         g1s.push(hash::attribute_point(a) * r);
     }
