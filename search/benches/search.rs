@@ -178,19 +178,26 @@ fn build(records: usize) -> Built {
     }
 }
 
-fn search_latency(b: &Built, records: usize) {
+fn search_latency(b: &mut Built, records: usize) {
     let state = b.owner.state();
-    for (n, kw) in &b.probes {
+    let parallel = b.index.config().search_threads;
+    let probes: Vec<(usize, Keyword)> = b.probes.clone();
+    for (n, kw) in &probes {
         let q = Query::keyword(&state, CAPSULE, kw);
         let runs = if *n >= 100_000 { 11 } else { 31 };
-        let mut times = Vec::with_capacity(runs);
+        // Interleave one-thread and parallel runs so both see the same machine load.
+        let mut times = [Vec::with_capacity(runs), Vec::with_capacity(runs)];
         let mut total = 0;
         for _ in 0..runs {
-            let t = Instant::now();
-            let page = b.index.search(&q, None, 100).expect("search");
-            times.push(t.elapsed());
-            total = page.total;
+            for (slot, threads) in [(0, 1), (1, parallel)] {
+                b.index.set_search_threads(threads).expect("threads");
+                let t = Instant::now();
+                let page = b.index.search(&q, None, 100).expect("search");
+                times[slot].push(t.elapsed());
+                total = page.total;
+            }
         }
+        b.index.set_search_threads(parallel).expect("threads");
         assert_eq!(total, *n, "the probe must hit exactly its records");
         // The PRF part of the per-hit cost, measured alone.
         let key = state.epoch_key(0).expect("epoch key").keyword_key(kw);
@@ -201,17 +208,19 @@ fn search_latency(b: &Built, records: usize) {
         }
         let prf = t.elapsed();
         std::hint::black_box(x);
-        let p50 = percentile(&mut times, 0.5);
-        let min = times[0];
-        println!(
-            "search n={records} hits={n}: p50 {:.3} ms, min {:.3} ms, p90 {:.3} ms; \
-             {:.2} us/hit (of which HMAC {:.2} us)",
-            ms(p50),
-            ms(min),
-            ms(percentile(&mut times, 0.9)),
-            p50.as_secs_f64() * 1e6 / *n as f64,
-            prf.as_secs_f64() * 1e6 / *n as f64,
-        );
+        for (slot, threads) in [(0, 1), (1, parallel)] {
+            let v = &mut times[slot];
+            let p50 = percentile(v, 0.5);
+            println!(
+                "search n={records} hits={n} threads={threads}: p50 {:.3} ms, min {:.3} ms, \
+                 p90 {:.3} ms; {:.2} us/hit at p50 (of which HMAC {:.2} us)",
+                ms(p50),
+                ms(v[0]),
+                ms(percentile(v, 0.9)),
+                p50.as_secs_f64() * 1e6 / *n as f64,
+                prf.as_secs_f64() * 1e6 / *n as f64,
+            );
+        }
     }
     if b.probes.len() >= 2 {
         let q = Query::And(vec![
@@ -290,8 +299,8 @@ fn main() {
 
     let mut p50_2k_at_1e5 = None;
     for &n in &sizes {
-        let built = build(n);
-        search_latency(&built, n);
+        let mut built = build(n);
+        search_latency(&mut built, n);
         if n == 100_000 {
             let state = built.owner.state();
             if let Some((_, kw)) = built.probes.first() {

@@ -502,6 +502,17 @@ impl Index {
         &self.config
     }
 
+    /// Changes how many threads one chain expansion may use (1 to 64).
+    pub fn set_search_threads(&mut self, threads: usize) -> Result<(), IndexError> {
+        let config = IndexConfig {
+            search_threads: threads,
+            ..self.config.clone()
+        };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// The highest ledger height applied (committed or not).
     pub fn applied_height(&self) -> u64 {
         self.applied_height
