@@ -299,6 +299,21 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Arbitrary bytes behind a valid snapshot header never panic restore nor change the state.
+    #[test]
+    fn arbitrary_snapshot_bytes_are_refused(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let mut bytes = b"EHRSNAP\x01".to_vec();
+        bytes.extend_from_slice(&body);
+        let mut target = LedgerState::from_genesis(&genesis()).unwrap();
+        let before = target.state_root();
+        prop_assert!(target.restore(&bytes, &before).is_err());
+        prop_assert_eq!(target.state_root(), before);
+    }
+}
+
 /// A state with some of everything.
 fn populated() -> Net {
     let mut net = Net::new();
