@@ -349,6 +349,8 @@ pub enum Byzantine {
     ForgedCertificates,
     /// The last replica never sends anything.
     Mute,
+    /// Replica 0 (primary of view 0) never sends anything, like a crashed primary.
+    MutePrimary,
 }
 
 /// A simulation scenario.
@@ -396,10 +398,11 @@ impl SimConfig {
     /// A random scenario for `seed`: faults, Byzantine behaviour and parameters drawn from it.
     pub fn random(seed: u64) -> Self {
         let mut r = SimRng::new(seed);
-        let byzantine = match r.below(6) {
+        let byzantine = match r.below(8) {
             0 => Some(Byzantine::EquivocatingPrimary),
             1 => Some(Byzantine::ForgedCertificates),
             2 => Some(Byzantine::Mute),
+            3 => Some(Byzantine::MutePrimary),
             _ => None,
         };
         let crashes = byzantine.is_none() && r.chance(500);
@@ -554,8 +557,8 @@ impl Sim {
             })
             .collect();
         let byz = cfg.byzantine.map(|b| match b {
-            Byzantine::EquivocatingPrimary => 0,
-            _ => cfg.n as ReplicaId - 1,
+            Byzantine::EquivocatingPrimary | Byzantine::MutePrimary => 0,
+            Byzantine::ForgedCertificates | Byzantine::Mute => cfg.n as ReplicaId - 1,
         });
         let mut sim = Self {
             rng: SimRng::new(cfg.seed),
@@ -955,13 +958,17 @@ impl Sim {
                 }
                 Action::Send { to, msg } => {
                     self.check_votes(id, &msg)?;
-                    if self.cfg.byzantine == Some(Byzantine::Mute) && Some(id) == self.byz {
+                    if matches!(
+                        self.cfg.byzantine,
+                        Some(Byzantine::Mute | Byzantine::MutePrimary)
+                    ) && Some(id) == self.byz
+                    {
                         continue;
                     }
                     self.send(id, to, msg);
                 }
                 Action::Commit(b) => self.check_commit(id, &b)?,
-                Action::Reply { .. } => {}
+                Action::Reply { .. } | Action::StateRestored { .. } => {}
             }
         }
         Ok(())

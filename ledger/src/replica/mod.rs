@@ -41,6 +41,13 @@ pub const DEFAULT_FATAL_REJECT_CODES: &[&str] = &[
     "wrong-chain",
 ];
 
+/// The view-change timeout doubles at most this many times (64 x the base).
+const MAX_BACKOFF_EXP: u32 = 6;
+
+/// View changes further than this above the current view are ignored (a Byzantine replica
+/// must not be able to push views towards overflow).
+const MAX_VIEW_JUMP: u64 = 1 << 20;
+
 /// Stable reject code for a transaction refused because the pending pool is full.
 pub const OVERLOADED: &str = "overloaded";
 
@@ -277,6 +284,15 @@ pub enum Action {
     },
     /// A block was committed and executed (emitted once per height, in order).
     Commit(Box<CommittedBlock>),
+    /// The application state was replaced by a checkpoint snapshot from peers (state transfer):
+    /// heights up to `height` were skipped and no `Commit` is emitted for them, so views
+    /// derived from commits (indexes) must be rebuilt from the application state.
+    StateRestored {
+        /// The checkpoint height now executed.
+        height: u64,
+        /// The state root at that height.
+        state_root: Hash,
+    },
     /// A transaction submitted to this replica was committed.
     Reply {
         /// The transaction id (SHA3-256 of its bytes).
@@ -369,6 +385,7 @@ pub struct Replica<A: App> {
 
     last_progress: u64,
     last_retransmit: u64,
+    last_heartbeat: u64,
     state_deadline: Option<u64>,
 
     persist_buf: Vec<Record>,
@@ -458,6 +475,7 @@ impl<A: App> Replica<A> {
             batch_since: None,
             last_progress: 0,
             last_retransmit: 0,
+            last_heartbeat: 0,
             state_deadline: None,
             persist_buf: Vec::new(),
             actions: Vec::new(),
@@ -507,6 +525,8 @@ impl<A: App> Replica<A> {
         }
         if self.has_work() {
             consider(self.last_progress.max(self.last_retransmit) + self.cfg.retransmit_ms);
+        } else {
+            consider(self.last_heartbeat + self.cfg.view_change_timeout_ms);
         }
         d
     }
@@ -637,7 +657,7 @@ impl<A: App> Replica<A> {
     fn vc_timeout(&self) -> u64 {
         self.cfg
             .view_change_timeout_ms
-            .saturating_mul(1u64 << self.vc_attempts.min(16))
+            .saturating_mul(1u64 << self.vc_attempts.min(MAX_BACKOFF_EXP))
     }
 
     fn has_work(&self) -> bool {
@@ -1252,10 +1272,14 @@ impl<A: App> Replica<A> {
 
     fn on_progress(&mut self) {
         self.last_progress = self.now;
-        self.vc_attempts = 0;
-        self.vc_deadline = None;
-        self.arm_timer();
-        self.try_propose();
+        if self.active {
+            // Progress in the current view: the back-off restarts and the timer re-arms only
+            // if work remains. (While changing view the view-change timer keeps running.)
+            self.vc_attempts = 0;
+            self.vc_deadline = None;
+            self.arm_timer();
+            self.try_propose();
+        }
     }
 
     /// Applies the block at `last_exec + 1` and emits its effects. `emit` is false while
@@ -1463,12 +1487,28 @@ impl<A: App> Replica<A> {
         if let Some(d) = self.vc_deadline
             && self.now >= d
         {
-            let target = self.view + 1;
+            // Move to the next view, or straight to the highest view another replica has
+            // asked for: joining it is always safe, and it lets replicas that fell behind in
+            // a cascade of view changes meet the others again.
+            let seen = self
+                .latest_vc
+                .values()
+                .map(|s| s.vc.new_view)
+                .max()
+                .unwrap_or(0);
+            let target = self.view.saturating_add(1).max(seen);
             tracing::info!(view = target, "view-change timer expired");
             self.start_view_change(target);
         }
         if self.is_primary() && self.active {
             self.try_propose();
+        }
+        if !self.has_work() && self.now >= self.last_heartbeat + self.cfg.view_change_timeout_ms {
+            // Idle heartbeat: ask whether anyone is ahead (peers answer only if they are), so
+            // a replica that was cut off or restarted catches up without new traffic.
+            self.last_heartbeat = self.now;
+            self.state_deadline = None;
+            self.request_state();
         }
         if self.has_work()
             && self.now >= self.last_progress.max(self.last_retransmit) + self.cfg.retransmit_ms

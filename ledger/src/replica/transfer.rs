@@ -10,7 +10,7 @@ use crate::crypto::ReplicaId;
 use crate::error::LedgerError;
 
 use super::msg::{Body, StateResponse};
-use super::{Dest, Replica};
+use super::{Action, Dest, Replica};
 
 impl<A: App> Replica<A> {
     /// Asks every peer for state after the last executed height (at most once per
@@ -107,6 +107,10 @@ impl<A: App> Replica<A> {
                 "restored a checkpoint by state transfer"
             );
             let h = cert.height;
+            self.emit(Action::StateRestored {
+                height: h,
+                state_root: cert.state_root,
+            });
             self.last_exec = h;
             self.last_hash = cert.block_hash;
             self.blocks.clear();

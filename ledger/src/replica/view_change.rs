@@ -67,7 +67,10 @@ impl<A: App> Replica<A> {
         vc: ViewChange,
         sig: Sig,
     ) -> Result<(), LedgerError> {
-        if vc.new_view < self.view || (vc.new_view == self.view && self.active) {
+        if vc.new_view < self.view
+            || (vc.new_view == self.view && self.active)
+            || vc.new_view > self.view.saturating_add(super::MAX_VIEW_JUMP)
+        {
             return Ok(());
         }
         if let Some(old) = self.latest_vc.get(&from)
