@@ -40,7 +40,8 @@ pub fn empty_root() -> Hash {
 fn split(n: usize) -> usize {
     debug_assert!(n >= 2);
     let mut k = 1usize;
-    while k * 2 < n {
+    // k * 2 < n, written so that it cannot overflow for hostile leaf counts.
+    while k <= (n - 1) / 2 {
         k *= 2;
     }
     k

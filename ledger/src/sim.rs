@@ -411,8 +411,8 @@ impl SimConfig {
             seed,
             n: 4,
             f: 1,
-            txs: 10 + r.below(30) as usize,
-            chaos_ms: 2_000 + r.below(4_000),
+            txs: 6 + r.below(20) as usize,
+            chaos_ms: 1_500 + r.below(3_000),
             drop_permille: [0, 20, 100, 250][r.below(4) as usize],
             dup_permille: [0, 50, 200][r.below(3) as usize],
             max_delay_ms: [1, 5, 40][r.below(3) as usize],
@@ -1210,6 +1210,16 @@ impl Sim {
             if after != Some(before) {
                 return self.fail(format!(
                     "replica {id}: cold restart gave {after:?}, expected {before:?}"
+                ));
+            }
+            // Every transaction acknowledged before the restart is still applied after it.
+            let applied = self.replicas[id as usize]
+                .as_ref()
+                .map_or(0, |r| r.app().applied());
+            if applied < self.submitted.len() {
+                return self.fail(format!(
+                    "replica {id}: after a cold restart only {applied} of {} transactions are applied",
+                    self.submitted.len()
                 ));
             }
         }

@@ -575,3 +575,37 @@ fn a_replica_beyond_the_watermark_catches_up_by_state_transfer() {
         assert_eq!(net.replicas[r].app().applied(), 41, "replica {r}");
     }
 }
+
+#[test]
+fn a_single_replica_with_f_zero_commits_alone() {
+    let single = ReplicaConfig {
+        validators: keys(1),
+        f: 0,
+        ..cfg(0)
+    };
+    let mut r = Replica::with_verifier(
+        single,
+        Box::new(InsecureTestSigner::new(0)),
+        Box::new(InsecureTestVerifier::new(&keys(1))),
+        KvApp::new(KvAuth::Tag),
+        None,
+    )
+    .unwrap();
+    r.step(Input::Request(tx(1))).unwrap();
+    r.step(Input::Tick { now_ms: 10 }).unwrap();
+    let commits = r
+        .drain_actions()
+        .filter(|a| matches!(a, Action::Commit(_)))
+        .count();
+    assert_eq!(commits, 1);
+    assert_eq!(r.app().applied(), 1);
+    // A signer whose key is not validators[id] is refused.
+    let bad = Replica::with_verifier(
+        cfg(0),
+        Box::new(InsecureTestSigner::new(1)),
+        Box::new(InsecureTestVerifier::new(&keys(4))),
+        KvApp::new(KvAuth::Tag),
+        None,
+    );
+    assert!(matches!(bad, Err(LedgerError::Config(_))));
+}

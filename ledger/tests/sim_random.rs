@@ -8,7 +8,7 @@ use ehr_ledger::sim::{Sim, SimConfig, seeds_from_env};
 
 #[test]
 fn random_scenarios_keep_safety_and_liveness() {
-    let seeds = seeds_from_env(0, 300);
+    let seeds = seeds_from_env(0, 1000);
     let mut failures = Vec::new();
     let mut committed = 0u64;
     let mut views = 0u64;

@@ -116,3 +116,15 @@ fn crashes_and_restarts_from_redb_on_disk() {
         assert!(r.committed_height > 0);
     }
 }
+
+#[test]
+fn seven_replicas_tolerate_two_faults() {
+    run_all("n=7", 80_000, 8, |s| SimConfig {
+        n: 7,
+        f: 2,
+        crashes: true,
+        drop_permille: 100,
+        partitions: true,
+        ..base(s)
+    });
+}

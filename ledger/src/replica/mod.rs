@@ -1189,8 +1189,11 @@ impl<A: App> Replica<A> {
                     >= need_prepares;
             if prepared {
                 slot.prepared_view = Some(pp.view);
-                let prepares: Vec<(ReplicaId, Sig)> = slot.prepares[&(pp.view, pp.digest)]
-                    .iter()
+                let prepares: Vec<(ReplicaId, Sig)> = slot
+                    .prepares
+                    .get(&(pp.view, pp.digest))
+                    .into_iter()
+                    .flatten()
                     .filter(|(r, _)| **r != primary)
                     .take(need_prepares)
                     .map(|(r, s)| (*r, *s))
