@@ -674,15 +674,41 @@ impl Index {
     }
 
     /// Merges every segment into one (faster searches after a bulk build) and deletes unused
-    /// files. Uncommitted events stay pending.
+    /// files. Uncommitted events stay pending. Background merges are paused meanwhile; a merge
+    /// that races one already running is retried with backoff.
     pub fn compact(&mut self) -> Result<(), IndexError> {
-        let ids = self.index.searchable_segment_ids()?;
-        if ids.len() > 1 {
-            self.writer.merge(&ids).wait()?;
-        }
+        self.writer
+            .set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+        let result = self.merge_all();
+        self.writer
+            .set_merge_policy(Box::new(tantivy::indexer::LogMergePolicy::default()));
+        result?;
         self.reader.reload()?;
         self.writer.garbage_collect_files().wait()?;
         Ok(())
+    }
+
+    fn merge_all(&mut self) -> Result<(), IndexError> {
+        let mut backoff = std::time::Duration::from_millis(50);
+        for _ in 0..12 {
+            let ids = self.index.searchable_segment_ids()?;
+            if ids.len() <= 1 {
+                return Ok(());
+            }
+            match self.writer.merge(&ids).wait() {
+                Ok(_) => return Ok(()),
+                // A background merge took some of these segments first: wait and retry.
+                Err(tantivy::TantivyError::InvalidArgument(_)) => {
+                    tracing::debug!("compaction raced a background merge; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IndexError::Tantivy(
+            "compaction kept racing background merges".into(),
+        ))
     }
 
     /// Statistics of the committed index.
@@ -764,7 +790,7 @@ impl Index {
             let s = &ctx.segments[seg as usize];
             let height = s.height.first(doc).ok_or_else(|| corrupt("height"))?;
             let key = s.cid_key.first(doc).ok_or_else(|| corrupt("cid_key"))?;
-            if self.removed.keys.contains(&key) {
+            if !self.removed.keys.is_empty() && self.removed.keys.contains(&key) {
                 let cid = self.cid_of(&searcher, d)?;
                 if self.removed.cids.contains(&cid) {
                     continue;

@@ -730,3 +730,27 @@ fn parallel_expansion_matches_sequential() {
     let got: BTreeSet<Vec<u8>> = results[0].iter().cloned().collect();
     assert_eq!(got, reachable);
 }
+
+/// Compaction while background merges run (many small commits) ends with one segment and the
+/// same results.
+#[test]
+fn compact_after_many_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut index = open(dir.path());
+    let mut world = World::new(13);
+    let mut rng = ChaCha20Rng::seed_from_u64(13);
+    let n = world.vocab.len();
+    for _ in 0..24 {
+        for _ in 0..15 {
+            let kws = random_kws(&mut rng, n);
+            let ev = world.add(&kws);
+            index.apply(&ev).unwrap();
+        }
+        index.commit().unwrap();
+        world.next_block();
+    }
+    index.compact().unwrap();
+    assert_eq!(index.stats().unwrap().segments, 1);
+    assert_eq!(index.stats().unwrap().records, 360);
+    check_queries(&index, &world, &standard_queries(n));
+}
