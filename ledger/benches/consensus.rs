@@ -213,8 +213,9 @@ fn env(name: &str, default: usize) -> usize {
 }
 
 fn throughput() {
-    let hospitals: Vec<SigningKey> = (1..=2000u64).map(key).collect();
-    let per = env("EHR_BENCH_TXS", 20_000)
+    let n_hospitals = if quick() { 50 } else { 2000 };
+    let hospitals: Vec<SigningKey> = (1..=n_hospitals).map(key).collect();
+    let per = env("EHR_BENCH_TXS", if quick() { 100 } else { 20_000 })
         .div_ceil(hospitals.len())
         .max(1);
     let mut c = Cluster::new(&hospitals, 2000);
@@ -309,7 +310,7 @@ fn throughput() {
 }
 
 fn catch_up() {
-    let blocks = env("EHR_BENCH_BLOCKS", 10_000);
+    let blocks = env("EHR_BENCH_BLOCKS", if quick() { 300 } else { 10_000 });
     let hospitals: Vec<SigningKey> = (1..=200u64).map(key).collect();
     let mut c = Cluster::new(&hospitals, 1);
     c.down[3] = true;
@@ -373,9 +374,20 @@ fn catch_up() {
 }
 
 fn main() {
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return;
+    }
+    // `cargo bench` passes `--bench`; under `cargo test --benches` run a small smoke version.
+    if !args.iter().any(|a| a == "--bench") {
+        QUICK.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     throughput();
     catch_up();
+}
+
+static QUICK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn quick() -> bool {
+    QUICK.load(std::sync::atomic::Ordering::Relaxed)
 }

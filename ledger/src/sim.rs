@@ -351,6 +351,10 @@ pub enum Byzantine {
     Mute,
     /// Replica 0 (primary of view 0) never sends anything, like a crashed primary.
     MutePrimary,
+    /// The last replica mutates its messages (ByzzFuzz-style: other digests, neighbouring
+    /// views and heights, dropped certificates, replays of its own earlier messages) and
+    /// signs the result with its own key.
+    Mutator,
 }
 
 /// A simulation scenario.
@@ -398,11 +402,12 @@ impl SimConfig {
     /// A random scenario for `seed`: faults, Byzantine behaviour and parameters drawn from it.
     pub fn random(seed: u64) -> Self {
         let mut r = SimRng::new(seed);
-        let byzantine = match r.below(8) {
+        let byzantine = match r.below(9) {
             0 => Some(Byzantine::EquivocatingPrimary),
             1 => Some(Byzantine::ForgedCertificates),
             2 => Some(Byzantine::Mute),
             3 => Some(Byzantine::MutePrimary),
+            4 => Some(Byzantine::Mutator),
             _ => None,
         };
         let crashes = byzantine.is_none() && r.chance(500);
@@ -490,6 +495,7 @@ pub struct Sim {
     replica_heads: Vec<u64>,
     clocks: Vec<u64>,
     votes: BTreeMap<(ReplicaId, u64, u64), Hash>,
+    byz_history: Vec<Vec<u8>>,
     submitted: BTreeMap<Hash, Vec<u8>>,
     report: SimReport,
 }
@@ -558,7 +564,9 @@ impl Sim {
             .collect();
         let byz = cfg.byzantine.map(|b| match b {
             Byzantine::EquivocatingPrimary | Byzantine::MutePrimary => 0,
-            Byzantine::ForgedCertificates | Byzantine::Mute => cfg.n as ReplicaId - 1,
+            Byzantine::ForgedCertificates | Byzantine::Mute | Byzantine::Mutator => {
+                cfg.n as ReplicaId - 1
+            }
         });
         let mut sim = Self {
             rng: SimRng::new(cfg.seed),
@@ -578,6 +586,7 @@ impl Sim {
             replica_heads: vec![0; cfg.n],
             clocks: vec![0; cfg.n],
             votes: BTreeMap::new(),
+            byz_history: Vec::new(),
             submitted: BTreeMap::new(),
             report: SimReport::default(),
             cfg,
@@ -698,7 +707,8 @@ impl Sim {
         match to {
             Dest::One(t) => {
                 if t != from && (t as usize) < self.cfg.n {
-                    self.transmit(from, t, msg);
+                    let m = self.byzantine_rewrite(from, t, &msg).unwrap_or(msg);
+                    self.transmit(from, t, m);
                 }
             }
             Dest::All => {
@@ -720,6 +730,9 @@ impl Sim {
             return None;
         }
         let env = msg::decode(msg, usize::MAX).ok()?;
+        if self.cfg.byzantine == Some(Byzantine::Mutator) {
+            return self.mutate(from, env);
+        }
         let signer = InsecureTestSigner::new(from);
         let chain = env.chain_id.clone();
         let epoch = env.epoch;
@@ -846,6 +859,125 @@ impl Sim {
             }
             _ => None,
         }
+    }
+
+    /// The mutator's tampering: half of its broadcasts go out changed (and validly signed by
+    /// it); sometimes an old message of its own is replayed instead.
+    fn mutate(&mut self, from: ReplicaId, env: Envelope) -> Option<Vec<u8>> {
+        if self.rng.chance(100) && !self.byz_history.is_empty() {
+            let i = self.rng.below(self.byz_history.len() as u64) as usize;
+            return Some(self.byz_history[i].clone());
+        }
+        let original = msg::encode_envelope(&env);
+        if self.byz_history.len() < 64 {
+            self.byz_history.push(original);
+        }
+        if !self.rng.chance(500) {
+            return None;
+        }
+        let k = self.rng.below(3);
+        let mut junk = [0u8; 32];
+        junk[..8].copy_from_slice(&self.rng.next_u64().to_be_bytes());
+        let body = match env.body {
+            Body::Prepare {
+                view,
+                height,
+                digest,
+            } => match k {
+                0 => Body::Prepare {
+                    view,
+                    height,
+                    digest: junk,
+                },
+                1 => Body::Prepare {
+                    view: view + 1,
+                    height,
+                    digest,
+                },
+                _ => Body::Prepare {
+                    view,
+                    height: height + 1,
+                    digest,
+                },
+            },
+            Body::Commit {
+                view,
+                height,
+                digest,
+            } => match k {
+                0 => Body::Commit {
+                    view,
+                    height,
+                    digest: junk,
+                },
+                1 => Body::Commit {
+                    view: view.saturating_sub(1),
+                    height,
+                    digest,
+                },
+                _ => Body::Commit {
+                    view,
+                    height: height + 1,
+                    digest,
+                },
+            },
+            Body::PrePrepare {
+                view,
+                height,
+                mut txs,
+            } => {
+                match k {
+                    0 => {
+                        txs.pop();
+                    }
+                    1 => {
+                        if let Some(t) = txs.first().cloned() {
+                            txs.push(t);
+                        }
+                    }
+                    _ => txs.reverse(),
+                }
+                Body::PrePrepare { view, height, txs }
+            }
+            Body::Checkpoint {
+                height, block_hash, ..
+            } => Body::Checkpoint {
+                height,
+                block_hash,
+                state_root: junk,
+            },
+            Body::ViewChange(mut vc) => {
+                match k {
+                    0 => vc.prepared.clear(),
+                    1 => vc.new_view += 1,
+                    _ => {
+                        if let Some(c) = vc.prepared.first_mut() {
+                            c.view += 1;
+                        }
+                    }
+                }
+                Body::ViewChange(vc)
+            }
+            Body::StateResponse(mut r) => {
+                if let Some(b) = r.blocks.first_mut() {
+                    b.txs.reverse();
+                    b.header.state_root = junk;
+                }
+                Body::StateResponse(r)
+            }
+            other => other,
+        };
+        let chain = env.chain_id;
+        let epoch = env.epoch;
+        let signer = InsecureTestSigner::new(from);
+        let sig = Sig(signer.sign(&msg::signing_bytes(&chain, epoch, from, &body, None)));
+        Some(msg::encode_envelope(&Envelope {
+            chain_id: chain,
+            epoch,
+            from,
+            body,
+            sig,
+        }))
     }
 
     /// Records every vote an honest replica signs and checks it never signs two digests for

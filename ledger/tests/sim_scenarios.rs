@@ -128,3 +128,12 @@ fn seven_replicas_tolerate_two_faults() {
         ..base(s)
     });
 }
+
+#[test]
+fn a_mutating_byzantine_replica() {
+    run_all("mutator", 90_000, 30, |s| SimConfig {
+        byzantine: Some(Byzantine::Mutator),
+        partitions: s % 2 == 0,
+        ..base(s)
+    });
+}
