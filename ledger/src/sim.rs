@@ -3,11 +3,13 @@
 //! The simulator owns `n` replicas, a virtual clock and a network whose links drop, duplicate,
 //! reorder and delay messages and can be partitioned. Replicas crash (their memory is discarded)
 //! and restart from their store. One replica may be Byzantine (an equivocating primary, a
-//! forger of certificates, or mute). After every action the oracle checks:
+//! forger of certificates, a mutator of its own messages, or mute). After every action the
+//! oracle checks:
 //! - **agreement**: no two honest replicas commit different blocks at one height;
 //! - **no double vote**: no honest replica signs two digests for one (view, height), even
 //!   across restarts (every signed vote that leaves a replica is recorded);
 //! - **certified**: every committed block carries a valid commit certificate;
+//! - **validity**: every committed transaction is authentic;
 //! - **honest messages are accepted**: no honest replica rejects an honest replica's message
 //!   as forged, equivocating or invalid;
 //!
@@ -16,8 +18,8 @@
 //!   bound of virtual time;
 //! - **durability**: a cold restart of every honest replica from its store reproduces its chain.
 //!
-//! Everything is driven by one ChaCha-free, dependency-free PRNG (SplitMix64) seeded from
-//! [`SimConfig::seed`], so a failing seed replays exactly.
+//! Everything is driven by one small PRNG (SplitMix64) seeded from [`SimConfig::seed`], and
+//! the replicas use only ordered maps, so a failing seed replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1060,6 +1062,14 @@ impl Sim {
                 "replica {id} committed height {h} without a valid certificate: {e}"
             ));
         }
+        // Validity: every committed transaction is authentic (a Byzantine primary cannot get a
+        // forged one ordered). Replays are ordered at most as rejected outcomes.
+        let blank = KvApp::new(KvAuth::Tag);
+        if let Some(i) = b.txs.iter().position(|t| blank.check_tx(t).is_err()) {
+            return self.fail(format!(
+                "replica {id} committed an unauthenticated transaction at height {h}, index {i}"
+            ));
+        }
         let hash = b.header.hash();
         match self.committed.get(&h) {
             Some(x) if *x != hash => self.fail(format!(
@@ -1398,6 +1408,19 @@ mod tests {
         assert!(b.check_tx(&tx).is_err(), "replay refused after restore");
         let e = KvApp::make_tx(KvAuth::Ed25519, 3, 1, b"k", b"v");
         KvApp::new(KvAuth::Ed25519).check_tx(&e).unwrap();
+    }
+
+    #[test]
+    fn a_seed_replays_exactly() {
+        for seed in [3, 4, 5] {
+            let a = Sim::new(SimConfig::random(seed)).run().unwrap();
+            let b = Sim::new(SimConfig::random(seed)).run().unwrap();
+            assert_eq!(
+                (a.delivered, a.end_ms, a.committed_height, a.max_view, a.rejected),
+                (b.delivered, b.end_ms, b.committed_height, b.max_view, b.rejected),
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]
