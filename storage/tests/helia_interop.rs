@@ -4,6 +4,7 @@
 mod common;
 
 use ehr_storage::blockstore::{Blockstore, BlockstoreConfig, CHUNK_SIZE, Multiaddr};
+use ehr_storage::seal::{DataKey, SealContext, seal, sealed_len};
 use rust_ipfs::Protocol;
 use sha2::{Digest, Sha256};
 
@@ -18,12 +19,23 @@ async fn helia_fetches_records_over_bitswap() {
     .await
     .expect("open");
 
-    // sizes: a raw leaf, exactly one chunk (the rust-ipfs add bug case), a multi-leaf DAG
-    let records: Vec<Vec<u8>> = [1000, CHUNK_SIZE, 3 * CHUNK_SIZE + 12345]
+    // sealed records whose envelopes are: a raw leaf, exactly one chunk (the size rust-ipfs's
+    // own add rejects), and a multi-leaf DAG
+    let key = DataKey::generate().expect("data key");
+    let envelope = |len: u64| -> usize { usize::try_from(sealed_len(len)).expect("fits") };
+    let one_chunk_plain = (1..CHUNK_SIZE as u64)
+        .rev()
+        .find(|&n| envelope(n) == CHUNK_SIZE)
+        .expect("a plaintext length whose envelope is exactly one chunk");
+    let records: Vec<Vec<u8>> = [1000, one_chunk_plain, 3 * CHUNK_SIZE as u64 + 12345]
         .iter()
         .enumerate()
-        .map(|(i, &n)| common::seeded(n, 77 + i as u64))
+        .map(|(i, &n)| {
+            let ctx = SealContext::new(b"policy-interop".to_vec()).with_record(vec![i as u8]);
+            seal(&key, &ctx, &common::seeded(n as usize, 77 + i as u64)).expect("seal")
+        })
         .collect();
+    assert_eq!(records[1].len(), CHUNK_SIZE);
     let mut cids = Vec::new();
     for r in &records {
         cids.push(store.add_bytes(r).await.expect("add").cid);

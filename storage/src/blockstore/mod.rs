@@ -13,6 +13,25 @@
 //!   leaves at most unpinned blocks, which [`Blockstore::gc`] removes.
 //! - Every block read is re-hashed against its CID before its bytes are released.
 //! - `gc` never runs while an add or a pin is between "first block written" and "root pinned".
+//!
+//! Design notes (trade-offs):
+//! - The DAG is built with rust-unixfs's low-level `FileAdder` (fixed 256 KiB chunker,
+//!   `BalancedCollector` of 174) instead of `Ipfs::add_unixfs`, which in 0.16 fails on an
+//!   input exactly one chunk long. We feed it whole chunks and take the last block produced
+//!   as the root. Parity with the JS reference importer is tested at every DAG-shape boundary.
+//! - Blocks are written by spawned tasks, up to `max_in_flight_blocks` at once, because the fs
+//!   store fsyncs every block (and its directory); concurrency hides that latency.
+//! - Reads are re-hashed here although the fs store also re-hashes: the check must not depend
+//!   on a storage backend's internals, and SHA-256 with SHA-NI costs little next to the I/O.
+//! - rust-ipfs's own GC lock is not held across an add (its `RwLock` is fair, so holding a read
+//!   guard while `put_block` takes another would deadlock against a queued GC); the facade has
+//!   its own lock instead, so GC must go through [`Blockstore::gc`] (auto-GC stays off).
+//! - Private networks: libp2p pnet wraps stream transports only, so with a pre-shared key QUIC
+//!   is not started and QUIC listen addresses are rejected (what Kubo does as well).
+//! - Known limits: GC walks every pin and scans every block file (cost grows with the repo);
+//!   one process per repository (`repo_lock`); a byte-range read whose end falls exactly on a
+//!   leaf boundary also loads (and verifies) the next leaf, because the UnixFS visitor treats
+//!   touching ranges as overlapping.
 
 pub mod config;
 pub mod dag;
@@ -467,6 +486,36 @@ impl Blockstore {
             stack.extend(refs.into_iter().rev());
         }
         Ok(None)
+    }
+
+    /// Fetches the whole DAG under `cid` from connected peers over bitswap (every received
+    /// block is hash-checked), then pins it. `providers` are peers to ask first; `timeout`
+    /// bounds each block request.
+    #[instrument(skip_all, fields(cid = %cid))]
+    pub async fn fetch_and_pin(
+        &self,
+        cid: Cid,
+        providers: &[PeerId],
+        timeout: std::time::Duration,
+    ) -> Result<(), StoreError> {
+        dag::check_file_codec(&cid)?;
+        let _gc = self.inner.gc_lock.read().await;
+        self.inner
+            .ipfs
+            .fetch(&cid)
+            .recursive()
+            .providers(providers)
+            .timeout(timeout)
+            .await
+            .map_err(|e| StoreError::Network(format!("fetching {cid}: {e:#}")))?;
+        self.check_dag(cid).await?;
+        self.inner
+            .ipfs
+            .insert_pin(cid)
+            .recursive()
+            .local()
+            .await
+            .map_err(repo_err("pinning a fetched DAG"))
     }
 
     /// Pins `cid` recursively after checking its DAG is complete locally.
