@@ -68,6 +68,9 @@
 //! # Known limits
 //! - `ring` does not zeroize its expanded AES key schedule when a key is dropped; the derived
 //!   key bytes and every buffer that held plaintext are zeroized by this module.
+//! - Data appended after a *full* final segment is reported as [`SealError::TrailingData`]; data
+//!   appended after a shorter final segment merges into it and is reported as a failed segment
+//!   ([`SealError::SegmentAuth`]). Either way nothing of that segment is released.
 //! - Random access ([`SealedFile`]) trusts the sealed length it is given: cutting whole segments
 //!   off the end is detected when the (new) last segment is read, not when an earlier one is.
 
