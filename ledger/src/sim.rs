@@ -790,7 +790,8 @@ impl Sim {
                 let forged = PreparedCert {
                     view,
                     height: h,
-                    txs,
+                    digest: d,
+                    txs: Some(txs),
                     primary_sig: Sig(signer.sign(&vote_bytes(
                         &chain,
                         epoch,
@@ -1299,9 +1300,10 @@ impl Sim {
                         })
                         .collect();
                     return self.fail(format!(
-                        "liveness: not every transaction committed {} ms after healing (heads {heads:?}, views {views:?}, applied/pending {pend:?} of {})",
+                        "liveness: not every transaction committed {} ms after healing (heads {heads:?}, views {views:?}, applied/pending {pend:?} of {}); replicas: {:?}",
                         self.cfg.liveness_bound_ms,
-                        self.submitted.len()
+                        self.submitted.len(),
+                        self.replicas
                     ));
                 }
             }
@@ -1416,8 +1418,20 @@ mod tests {
             let a = Sim::new(SimConfig::random(seed)).run().unwrap();
             let b = Sim::new(SimConfig::random(seed)).run().unwrap();
             assert_eq!(
-                (a.delivered, a.end_ms, a.committed_height, a.max_view, a.rejected),
-                (b.delivered, b.end_ms, b.committed_height, b.max_view, b.rejected),
+                (
+                    a.delivered,
+                    a.end_ms,
+                    a.committed_height,
+                    a.max_view,
+                    a.rejected
+                ),
+                (
+                    b.delivered,
+                    b.end_ms,
+                    b.committed_height,
+                    b.max_view,
+                    b.rejected
+                ),
                 "seed {seed}"
             );
         }

@@ -41,7 +41,7 @@ fn cfg(id: ReplicaId) -> ReplicaConfig {
         max_in_flight: 4,
         view_change_timeout_ms: 1000,
         retransmit_ms: 200,
-        max_message_bytes: 1 << 20,
+        max_message_bytes: 4 << 20,
         ..ReplicaConfig::default()
     }
 }
@@ -290,7 +290,7 @@ proptest! {
                 stable: r.stable_checkpoint().clone(),
                 prepared: vec![],
             }),
-            Body::StateRequest { have: 0 },
+            Body::StateRequest { have: 0, low: 0 },
         ];
         let mut m = signed(0, bodies[which].clone(), CHAIN, EPOCH);
         let i = pos % m.len();
@@ -383,7 +383,8 @@ fn prepared_cert(view: u64, height: u64, txs: Vec<Vec<u8>>) -> PreparedCert {
     PreparedCert {
         view,
         height,
-        txs,
+        digest: d,
+        txs: Some(txs),
         primary_sig: Sig(InsecureTestSigner::new(primary).sign(&pp)),
         prepares,
     }
@@ -457,6 +458,12 @@ fn new_view_reproposes_the_highest_view_prepared_batch() {
         .map(|r| (r.height, r.txs.clone()))
         .collect();
     assert_eq!(props, vec![(1, b.clone()), (2, vec![]), (3, c.clone())]);
+    assert!(
+        nv.view_changes
+            .iter()
+            .all(|s| s.vc.prepared.iter().all(|c| c.txs.is_none())),
+        "the new view carries the view changes without their batches"
+    );
     assert!(p.is_view_active());
     assert_eq!(p.view(), 2);
 }

@@ -101,15 +101,15 @@ impl Default for ReplicaConfig {
             id: 0,
             validators: Vec::new(),
             f: 1,
-            checkpoint_interval: 128,
-            watermark_window: 256,
+            checkpoint_interval: 64,
+            watermark_window: 128,
             max_batch_txs: 2000,
-            max_batch_bytes: 4 << 20,
+            max_batch_bytes: 512 << 10,
             batch_delay_ms: 2,
             max_in_flight: 8,
             view_change_timeout_ms: 2000,
             retransmit_ms: 500,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 80 << 20,
             max_pending_txs: 200_000,
             max_blocks_per_response: 256,
             fatal_reject_codes: DEFAULT_FATAL_REJECT_CODES.to_vec(),
@@ -171,8 +171,16 @@ impl ReplicaConfig {
         if self.view_change_timeout_ms == 0 || self.retransmit_ms == 0 {
             return bad("view_change_timeout_ms/retransmit_ms: must be positive");
         }
-        if self.max_message_bytes < 2 * self.max_batch_bytes + 4096 {
-            return bad("max_message_bytes: must exceed twice max_batch_bytes");
+        // A view change or new view carries up to one batch per height of the window.
+        let per_batch = self.max_batch_bytes + 8 * self.max_batch_txs + 1024;
+        let needed = (self.watermark_window as usize)
+            .saturating_mul(per_batch)
+            .saturating_add(1 << 20);
+        if self.max_message_bytes < needed {
+            return bad(
+                "max_message_bytes: must hold watermark_window batches (a view change carries \
+                 one per height)",
+            );
         }
         if self.max_pending_txs == 0 || self.max_blocks_per_response == 0 {
             return bad("max_pending_txs/max_blocks_per_response: must be positive");
@@ -401,6 +409,25 @@ impl<A: App> std::fmt::Debug for Replica<A> {
             .field("low", &self.low)
             .field("last_exec", &self.last_exec)
             .field("pending", &self.pending_by_id.len())
+            .field("in_flight", &self.in_flight.len())
+            .field("next_height", &self.next_height)
+            .field("vc_deadline", &self.vc_deadline)
+            .field("now", &self.now)
+            .field(
+                "slots",
+                &self
+                    .log
+                    .range(self.last_exec + 1..)
+                    .map(|(h, s)| {
+                        (
+                            *h,
+                            s.pp.as_ref().map(|p| p.view),
+                            s.prepares.values().map(|m| m.len()).sum::<usize>(),
+                            s.commits.values().map(|m| m.len()).sum::<usize>(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -939,10 +966,11 @@ impl<A: App> Replica<A> {
                 self.on_fetch_new_view(from, view);
                 Ok(())
             }
-            Body::StateRequest { have } => {
-                self.on_state_request(from, have);
+            Body::StateRequest { have, low } => {
+                self.on_state_request(from, have, low);
                 Ok(())
             }
+            Body::StableCheckpoint(cert) => self.on_stable_checkpoint(cert),
             Body::StateResponse(resp) => self.on_state_response(resp),
         }
     }
@@ -1201,7 +1229,8 @@ impl<A: App> Replica<A> {
                 let cert = PreparedCert {
                     view: pp.view,
                     height,
-                    txs: pp.txs.clone(),
+                    digest: pp.digest,
+                    txs: Some(pp.txs.clone()),
                     primary_sig: pp.primary_sig,
                     prepares,
                 };
@@ -1255,10 +1284,12 @@ impl<A: App> Replica<A> {
             };
             let batch = match &slot.pp {
                 Some(pp) if pp.digest == digest => Some((pp.txs.clone(), pp.tx_root)),
-                _ => self.prepared.get(&h).and_then(|c| {
-                    let root = merkle::root(&c.txs);
-                    (self.digest_of(h, &root, c.txs.len()) == digest).then(|| (c.txs.clone(), root))
-                }),
+                _ => self
+                    .prepared
+                    .get(&h)
+                    .filter(|c| c.digest == digest)
+                    .and_then(|c| c.txs.as_ref())
+                    .map(|txs| (txs.clone(), merkle::root(txs))),
             };
             let Some((txs, tx_root)) = batch else {
                 // Committed by a quorum but this replica never saw the batch: fetch it.

@@ -5,7 +5,9 @@
 //! Envelope = { chain_id, epoch, from, body, sig }
 //! ```
 //! The signature covers, for votes, [`vote_bytes`]; for checkpoints, [`checkpoint_bytes`]; for
-//! every other body, `"ehr-ledger/msg/v1" || chain || epoch || from || H(postcard(body))`.
+//! every other body, `"ehr-ledger/msg/v1" || chain || epoch || from || H(postcard(body))`,
+//! where a view change is hashed with its batches stripped (they are checked against the
+//! digests its prepared certificates sign).
 //! Decoding refuses inputs over the configured size before parsing, refuses trailing bytes,
 //! and cannot allocate more than a small multiple of the input's length.
 
@@ -23,15 +25,18 @@ use crate::error::LedgerError;
 pub const WIRE_VERSION: u8 = 1;
 
 /// A pre-prepare together with 2f matching prepares: proof that a digest was prepared at
-/// (view, height). Carries the batch so a new primary can re-propose it.
+/// (view, height). In a view change it carries the batch so the new primary can re-propose it;
+/// inside a new-view the batch is stripped (the re-proposals carry it once).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PreparedCert {
     /// The view the digest was prepared in.
     pub view: u64,
     /// The height.
     pub height: u64,
-    /// The batch (its digest is recomputed by the verifier).
-    pub txs: Vec<Vec<u8>>,
+    /// The proposal digest the signatures cover.
+    pub digest: Hash,
+    /// The batch, if carried (its digest must equal `digest`).
+    pub txs: Option<Vec<Vec<u8>>>,
     /// The primary's pre-prepare signature.
     pub primary_sig: Sig,
     /// 2f prepare signatures from distinct backups.
@@ -47,6 +52,32 @@ pub struct ViewChange {
     pub stable: CheckpointCert,
     /// The highest-view prepared certificate for every height above the checkpoint.
     pub prepared: Vec<PreparedCert>,
+}
+
+impl PreparedCert {
+    /// The certificate without its batch.
+    pub fn stripped(&self) -> PreparedCert {
+        PreparedCert {
+            view: self.view,
+            height: self.height,
+            digest: self.digest,
+            txs: None,
+            primary_sig: self.primary_sig,
+            prepares: self.prepares.clone(),
+        }
+    }
+}
+
+impl ViewChange {
+    /// The view change with every batch stripped: this is what its signature covers, so a
+    /// new-view can carry it without the batches.
+    pub fn stripped(&self) -> ViewChange {
+        ViewChange {
+            new_view: self.new_view,
+            stable: self.stable.clone(),
+            prepared: self.prepared.iter().map(PreparedCert::stripped).collect(),
+        }
+    }
 }
 
 /// A view change as signed by its sender (so a new-view can carry it).
@@ -149,7 +180,12 @@ pub enum Body {
     StateRequest {
         /// The requester's last executed height.
         have: u64,
+        /// The requester's last stable checkpoint.
+        low: u64,
     },
+    /// A stable checkpoint certificate, for a replica that executed that height but missed
+    /// the votes (certificates are transferable).
+    StableCheckpoint(CheckpointCert),
     /// A state-transfer answer.
     StateResponse(StateResponse),
 }
@@ -167,6 +203,7 @@ impl Body {
             Body::NewView(_) => "new-view",
             Body::FetchNewView { .. } => "fetch-new-view",
             Body::StateRequest { .. } => "state-request",
+            Body::StableCheckpoint(_) => "stable-checkpoint",
             Body::StateResponse(_) => "state-response",
         }
     }
@@ -217,6 +254,14 @@ pub fn signing_bytes(
             state_root,
         } => checkpoint_bytes(chain_id, epoch, *height, block_hash, state_root),
         other => {
+            let stripped;
+            let other = match other {
+                Body::ViewChange(vc) if vc.prepared.iter().any(|c| c.txs.is_some()) => {
+                    stripped = Body::ViewChange(vc.stripped());
+                    &stripped
+                }
+                o => o,
+            };
             let encoded = postcard::to_stdvec(other).expect("invariant: message body encodes");
             let mut out = Vec::with_capacity(96 + chain_id.len());
             out.extend_from_slice(b"ehr-ledger/msg/v1\0");

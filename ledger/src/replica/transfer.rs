@@ -6,6 +6,7 @@
 //! and a Byzantine one can only waste bandwidth.
 
 use crate::app::App;
+use crate::block::CheckpointCert;
 use crate::crypto::ReplicaId;
 use crate::error::LedgerError;
 
@@ -23,14 +24,20 @@ impl<A: App> Replica<A> {
         let (m, _) = self.sign(
             Body::StateRequest {
                 have: self.last_exec,
+                low: self.low,
             },
             None,
         );
         self.send(Dest::All, m);
     }
 
-    pub(super) fn on_state_request(&mut self, from: ReplicaId, have: u64) {
+    pub(super) fn on_state_request(&mut self, from: ReplicaId, have: u64, low: u64) {
         if have >= self.last_exec {
+            if low < self.low && have >= self.low {
+                // Same height, but the requester never saw this checkpoint become stable.
+                let (m, _) = self.sign(Body::StableCheckpoint(self.stable.clone()), None);
+                self.send(Dest::One(from), m);
+            }
             return;
         }
         let mut resp = StateResponse {
@@ -65,6 +72,47 @@ impl<A: App> Replica<A> {
         }
         let (m, _) = self.sign(Body::StateResponse(resp), None);
         self.send(Dest::One(from), m);
+    }
+
+    /// A peer's stable checkpoint certificate: adopt it if this replica executed that height
+    /// (with the same block), fetch state if it did not.
+    pub(super) fn on_stable_checkpoint(&mut self, cert: CheckpointCert) -> Result<(), LedgerError> {
+        if cert.height <= self.low {
+            return Ok(());
+        }
+        if !cert.height.is_multiple_of(self.cfg.checkpoint_interval) {
+            return Err(LedgerError::InvalidCertificate(
+                "checkpoint height is not a multiple of the interval".into(),
+            ));
+        }
+        cert.verify(
+            &self.cfg.chain_id,
+            self.cfg.epoch,
+            self.cfg.n(),
+            self.cfg.quorum(),
+            self.verifier.as_ref(),
+        )?;
+        if cert.height > self.last_exec {
+            self.request_state();
+            return Ok(());
+        }
+        let own = self.own_checkpoints.get(&cert.height).cloned();
+        let header = own
+            .as_ref()
+            .map(|(h, _)| h.clone())
+            .or_else(|| self.blocks.get(&cert.height).map(|b| b.header.clone()));
+        let Some(header) = header else {
+            return Ok(());
+        };
+        assert_eq!(
+            header.hash(),
+            cert.block_hash,
+            "invariant: this replica's block at checkpoint height {} differs from a certified \
+             checkpoint (non-deterministic application or consensus bug)",
+            cert.height
+        );
+        self.make_stable(cert, header, own.map(|(_, s)| s));
+        Ok(())
     }
 
     pub(super) fn on_state_response(&mut self, resp: StateResponse) -> Result<(), LedgerError> {
@@ -115,7 +163,11 @@ impl<A: App> Replica<A> {
             self.last_hash = cert.block_hash;
             self.blocks.clear();
             self.own_checkpoints.clear();
+            let (hash, root) = (cert.block_hash, cert.state_root);
             self.make_stable(cert, header, Some(snapshot));
+            // Vote for the restored checkpoint too: it is certified, and peers that missed the
+            // votes may need this one.
+            self.send_checkpoint(h, hash, root);
             progressed = true;
         }
         for b in resp.blocks {

@@ -14,12 +14,15 @@ use crate::merkle;
 use super::msg::{self, Body, NewView, PreparedCert, Reproposal, SignedViewChange, ViewChange};
 use super::{Dest, Proposal, Record, Replica};
 
+/// (height, digest, batch if known).
+type PlannedProposal = (u64, crate::app::Hash, Option<Vec<Vec<u8>>>);
+
 /// The re-proposals computed from a set of view changes.
 struct Plan {
     /// The highest stable checkpoint among the view changes.
     min_s: CheckpointCert,
-    /// (height, batch) for every height in (min_s, max_s].
-    proposals: Vec<(u64, Vec<Vec<u8>>)>,
+    /// (height, digest, batch if known) for every height in (min_s, max_s].
+    proposals: Vec<PlannedProposal>,
 }
 
 impl<A: App> Replica<A> {
@@ -78,7 +81,7 @@ impl<A: App> Replica<A> {
         {
             return Ok(());
         }
-        self.validate_vc(&vc)?;
+        self.validate_vc(&vc, true)?;
         self.latest_vc
             .insert(from, SignedViewChange { from, vc, sig });
         // Join a view change that f+1 replicas ask for (at least one of them is honest).
@@ -100,8 +103,9 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
-    /// Checks a view change's checkpoint and prepared certificates.
-    fn validate_vc(&self, vc: &ViewChange) -> Result<(), LedgerError> {
+    /// Checks a view change's checkpoint and prepared certificates (with their batches when
+    /// `need_txs`; a new-view carries them stripped).
+    fn validate_vc(&self, vc: &ViewChange, need_txs: bool) -> Result<(), LedgerError> {
         let n = self.cfg.n();
         let quorum = self.cfg.quorum();
         let k = self.cfg.checkpoint_interval;
@@ -138,22 +142,40 @@ impl<A: App> Replica<A> {
                     c.view, vc.new_view
                 )));
             }
-            self.validate_prepared(c)?;
+            self.validate_prepared(c, need_txs)?;
         }
         Ok(())
     }
 
     /// Checks a prepared certificate: the primary's pre-prepare and 2f prepares from distinct
-    /// backups, all over the digest of the carried batch.
-    fn validate_prepared(&self, c: &PreparedCert) -> Result<(), LedgerError> {
-        let bytes: usize = c.txs.iter().map(Vec::len).sum();
-        if c.txs.len() > self.cfg.max_batch_txs || bytes > self.cfg.max_batch_bytes {
-            return Err(LedgerError::InvalidCertificate(format!(
-                "prepared batch at height {} exceeds the limits",
-                c.height
-            )));
+    /// backups, all over its digest, and the carried batch (if any, or if `need_txs`) against
+    /// that digest.
+    fn validate_prepared(&self, c: &PreparedCert, need_txs: bool) -> Result<(), LedgerError> {
+        match &c.txs {
+            Some(txs) => {
+                let bytes: usize = txs.iter().map(Vec::len).sum();
+                if txs.len() > self.cfg.max_batch_txs || bytes > self.cfg.max_batch_bytes {
+                    return Err(LedgerError::InvalidCertificate(format!(
+                        "prepared batch at height {} exceeds the limits",
+                        c.height
+                    )));
+                }
+                if batch_digest(&self.cfg.chain_id, self.cfg.epoch, c.height, txs) != c.digest {
+                    return Err(LedgerError::InvalidCertificate(format!(
+                        "prepared certificate at height {}: the batch does not match the digest",
+                        c.height
+                    )));
+                }
+            }
+            None if need_txs => {
+                return Err(LedgerError::InvalidViewChange(format!(
+                    "prepared certificate at height {} carries no batch",
+                    c.height
+                )));
+            }
+            None => {}
         }
-        let digest = batch_digest(&self.cfg.chain_id, self.cfg.epoch, c.height, &c.txs);
+        let digest = c.digest;
         let primary = self.cfg.primary(c.view);
         let pp = self.vote_msg(VoteKind::PrePrepare, c.view, c.height, &digest);
         if !self.verifier.verify(primary, &pp, &c.primary_sig.0) {
@@ -179,7 +201,8 @@ impl<A: App> Replica<A> {
         )
     }
 
-    /// The re-proposals implied by a quorum of view changes.
+    /// The re-proposals implied by a quorum of view changes: for every height, the digest of
+    /// the highest-view prepared certificate (and its batch, if carried) or the null batch.
     fn plan(&self, vcs: &[&ViewChange]) -> Plan {
         let min_s = vcs
             .iter()
@@ -201,7 +224,14 @@ impl<A: App> Replica<A> {
                 .flat_map(|v| v.prepared.iter())
                 .filter(|c| c.height == h)
                 .max_by_key(|c| c.view);
-            proposals.push((h, best.map(|c| c.txs.clone()).unwrap_or_default()));
+            proposals.push(match best {
+                Some(c) => (h, c.digest, c.txs.clone()),
+                None => (
+                    h,
+                    batch_digest(&self.cfg.chain_id, self.cfg.epoch, h, &[]),
+                    Some(Vec::new()),
+                ),
+            });
         }
         Plan { min_s, proposals }
     }
@@ -228,9 +258,22 @@ impl<A: App> Replica<A> {
         let plan = self.plan(&chosen.iter().map(|s| &s.vc).collect::<Vec<_>>());
         let mut proposals = Vec::with_capacity(plan.proposals.len());
         let mut accepted = Vec::new();
-        for (h, txs) in plan.proposals {
+        for (h, planned, txs) in plan.proposals {
+            let Some(txs) = txs else {
+                // Cannot happen: view changes are accepted only with their batches.
+                tracing::error!(
+                    view,
+                    h,
+                    "a prepared batch is missing; cannot send the new view"
+                );
+                return;
+            };
             let tx_root = merkle::root(&txs);
             let digest = self.digest_of(h, &tx_root, txs.len());
+            debug_assert_eq!(
+                digest, planned,
+                "a validated certificate's batch matches its digest"
+            );
             if !self.record_vote(view, h, digest) {
                 tracing::error!(view, h, "new view would sign a second digest; abandoning");
                 return;
@@ -254,9 +297,19 @@ impl<A: App> Replica<A> {
                 sig,
             });
         }
+        // The view changes travel without their batches (their signatures cover the stripped
+        // form); the re-proposals carry each batch once.
+        let view_changes = chosen
+            .into_iter()
+            .map(|s| SignedViewChange {
+                from: s.from,
+                vc: s.vc.stripped(),
+                sig: s.sig,
+            })
+            .collect();
         let nv = NewView {
             view,
-            view_changes: chosen,
+            view_changes,
             proposals,
         };
         tracing::info!(view, reproposals = nv.proposals.len(), "sending new view");
@@ -310,7 +363,7 @@ impl<A: App> Replica<A> {
             if !self.verifier.verify(s.from, &m, &s.sig.0) {
                 return Err(LedgerError::BadSignature("view change inside a new view"));
             }
-            self.validate_vc(&s.vc)?;
+            self.validate_vc(&s.vc, false)?;
         }
         let plan = self.plan(&nv.view_changes.iter().map(|s| &s.vc).collect::<Vec<_>>());
         if plan.proposals.len() != nv.proposals.len() {
@@ -319,15 +372,22 @@ impl<A: App> Replica<A> {
             ));
         }
         let mut accepted = Vec::with_capacity(nv.proposals.len());
-        for ((h, txs), p) in plan.proposals.into_iter().zip(nv.proposals) {
-            if h != p.height || txs != p.txs {
+        for ((h, planned, _), p) in plan.proposals.into_iter().zip(nv.proposals) {
+            let bytes: usize = p.txs.iter().map(Vec::len).sum();
+            if p.txs.len() > self.cfg.max_batch_txs || bytes > self.cfg.max_batch_bytes {
+                return Err(LedgerError::InvalidViewChange(format!(
+                    "new view re-proposal at height {} exceeds the batch limits",
+                    p.height
+                )));
+            }
+            let tx_root = merkle::root(&p.txs);
+            let digest = self.digest_of(p.height, &tx_root, p.txs.len());
+            if h != p.height || digest != planned {
                 return Err(LedgerError::InvalidViewChange(format!(
                     "new view re-proposal at height {} differs from the computed one",
                     p.height
                 )));
             }
-            let tx_root = merkle::root(&txs);
-            let digest = self.digest_of(h, &tx_root, txs.len());
             let m = self.vote_msg(VoteKind::PrePrepare, view, h, &digest);
             if !self.verifier.verify(from, &m, &p.sig.0) {
                 return Err(LedgerError::BadSignature("new-view re-proposal"));
@@ -338,7 +398,7 @@ impl<A: App> Replica<A> {
                     view,
                     digest,
                     tx_root,
-                    txs,
+                    txs: p.txs,
                     primary_sig: p.sig,
                 },
             ));
