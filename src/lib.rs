@@ -3,4 +3,5 @@
 //! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
 
 pub mod cli;
+pub mod fhir;
 pub mod ledger_net;
