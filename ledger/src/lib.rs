@@ -2,6 +2,10 @@
 //!
 //! - [`app`]: the contract between consensus and the replicated application ([`app::App`]).
 //! - [`replica`]: the PBFT replica core (normal case, checkpoints, view change, state transfer).
+//! - [`block`], [`merkle`], [`crypto`]: blocks, commit and checkpoint certificates, inclusion
+//!   proofs for light clients, the Ed25519 signer/verifier traits.
+//! - [`store`]: durable consensus state (redb) and an in-memory store.
+//! - [`sim`]: the seeded deterministic simulator and a small test application.
 //! - [`state`]: the application: participants, attributes, capsules, records, grants, audit.
 //!
 //! Nothing in this crate reads a clock, draws randomness or does network I/O: time arrives as
