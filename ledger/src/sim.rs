@@ -290,8 +290,12 @@ impl App for KvApp {
 
     fn restore(&mut self, snapshot: &[u8], expected_root: &Hash) -> Result<(), TxReject> {
         type Snap = (u64, Vec<(Vec<u8>, Vec<u8>)>, Vec<(u8, u64)>);
-        let (height, entries, nonces): Snap =
-            postcard::from_bytes(snapshot).map_err(|_| reject("bad-snapshot", "decode"))?;
+        let (snap, rest) = postcard::take_from_bytes::<Snap>(snapshot)
+            .map_err(|_| reject("bad-snapshot", "decode"))?;
+        if !rest.is_empty() {
+            return Err(reject("bad-snapshot", "trailing bytes"));
+        }
+        let (height, entries, nonces) = snap;
         let mut next = KvApp::new(self.auth);
         next.client_keys = std::mem::take(&mut self.client_keys);
         next.height = height;

@@ -125,6 +125,7 @@ const BLOCKS: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("block
 
 const KEY_VIEW: &str = "view";
 const KEY_CHECKPOINT: &str = "checkpoint";
+const KEY_CHECKPOINT_HEIGHT: &str = "checkpoint_height";
 
 fn store_err(what: &'static str) -> impl Fn(String) -> LedgerError {
     move |e| LedgerError::Store(format!("{what}: {e}"))
@@ -214,16 +215,19 @@ impl Store for RedbStore {
                         st!(blocks.insert(b.header.height, enc(b).as_slice()), "block")?;
                     }
                     Record::Checkpoint(cp) => {
-                        let newer = match st!(meta.get(KEY_CHECKPOINT), "checkpoint")? {
+                        let newer = match st!(meta.get(KEY_CHECKPOINT_HEIGHT), "checkpoint")? {
                             Some(old) => {
-                                let old: StableCheckpoint = dec("checkpoint", old.value())?;
-                                old.cert.height < cp.cert.height
+                                dec::<u64>("checkpoint height", old.value())? < cp.cert.height
                             }
                             None => true,
                         };
                         if newer {
                             st!(
                                 meta.insert(KEY_CHECKPOINT, enc(cp).as_slice()),
+                                "checkpoint"
+                            )?;
+                            st!(
+                                meta.insert(KEY_CHECKPOINT_HEIGHT, enc(&cp.cert.height).as_slice()),
                                 "checkpoint"
                             )?;
                         }
@@ -388,6 +392,21 @@ mod tests {
             block(1),
             "history is kept"
         );
+    }
+
+    #[test]
+    fn corrupt_records_are_errors() {
+        let store = RedbStore::in_memory().unwrap();
+        {
+            let tx = store.db.begin_write().unwrap();
+            {
+                let mut t = tx.open_table(BLOCKS).unwrap();
+                t.insert(1u64, [0xFFu8, 0xFF, 0xFF].as_slice()).unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        assert!(matches!(store.load(), Err(LedgerError::Corrupt(_))));
+        assert!(matches!(store.block(1), Err(LedgerError::Corrupt(_))));
     }
 
     #[test]

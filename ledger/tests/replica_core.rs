@@ -193,6 +193,32 @@ fn normal_case_commits_certified_blocks_with_inclusion_proofs() {
     }
     // Checkpoints became stable and garbage-collected the log.
     assert!(net.replicas[0].stable_checkpoint().height >= 4);
+
+    // Restart from the store reproduces the head; a corrupted store is refused, not trusted.
+    let persisted = net.stores[1].load().unwrap().unwrap();
+    assert!(!persisted.blocks.is_empty());
+    let restart = |p| {
+        Replica::with_verifier(
+            cfg(1),
+            Box::new(InsecureTestSigner::new(1)),
+            Box::new(InsecureTestVerifier::new(&keys(4))),
+            KvApp::new(KvAuth::Tag),
+            Some(p),
+        )
+    };
+    let again = restart(persisted.clone()).unwrap();
+    assert_eq!(again.last_block_hash(), net.replicas[1].last_block_hash());
+    let mut gap = persisted.clone();
+    gap.blocks.remove(0);
+    assert!(matches!(restart(gap), Err(LedgerError::Corrupt(_))));
+    let mut tampered = persisted.clone();
+    tampered.blocks[0].txs[0] = tx(99);
+    assert!(matches!(restart(tampered), Err(LedgerError::Corrupt(_))));
+    let mut bad_cp = persisted;
+    if let Some(cp) = bad_cp.checkpoint.as_mut() {
+        cp.snapshot.push(0);
+        assert!(matches!(restart(bad_cp), Err(LedgerError::Corrupt(_))));
+    }
 }
 
 fn signed(from: ReplicaId, body: Body, chain: &str, epoch: u64) -> Vec<u8> {
