@@ -8,6 +8,8 @@
 #   tests/fixtures/fhir/carebundle/    synthetic US Core data from carebundle 0.5.0
 #                                      (one transaction Bundle, one Bulk Data NDJSON export)
 #   tests/fixtures/fhir/r4-examples/   a few official HL7 R4 examples (CC0-1.0)
+#   tests/fixtures/fhir/expected/      the keywords of each fixture, from a small reference
+#                                      implementation in Python below (a differential test)
 #
 # Inputs are pinned versions fetched with the ordinary clients (pip, npm pack) into a temporary
 # directory that is removed afterwards. Everything is synthetic: carebundle marks every resource
@@ -45,7 +47,7 @@ tar xzf "$WORK"/hl7.fhir.r4.examples-*.tgz -C "$WORK/r4" --strip-components=1 \
   'package/Condition-*' 'package/MedicationRequest-*' 'package/Patient-*'
 
 OUT="$ROOT/tests/fixtures/fhir"
-rm -rf "$OUT/carebundle" "$OUT/r4-examples"
+rm -rf "$OUT/carebundle" "$OUT/r4-examples" "$OUT/expected"
 mkdir -p "$OUT/carebundle" "$OUT/r4-examples"
 cp "$WORK"/cb-bundle/*.json "$OUT/carebundle/"
 # One NDJSON file with every resource of the export, in a fixed order of types.
@@ -234,6 +236,91 @@ with open(dst, "w") as out:
     for row in sorted(rows):
         out.write("\t".join(row) + "\n")
 print(f"{len(rows)} rows, {len(set(skipped))} parameters left out")
+PY
+
+echo "== expected keywords (an independent reference implementation, for a differential test)"
+python3 - "$ROOT/src/fhir/token_params.tsv" "$OUT" <<'PY'
+"""Writes OUT/expected/<fixture>.keywords: the sorted `field:value` keywords of each fixture.
+
+Written from the keyword forms documented in src/fhir/mod.rs, separately from the Rust code,
+so tests/fhir_fixtures.rs can compare the two. Only for well-formed input (the fixtures).
+"""
+import glob
+import json
+import os
+import sys
+
+table, out = sys.argv[1], sys.argv[2]
+params = {}
+for line in open(table):
+    if line.startswith("#") or not line.strip():
+        continue
+    res, code, kind, path = line.rstrip("\n").split("\t")
+    field = code if res == "*" else f"{res}.{code}"
+    params.setdefault(res, []).append((field, kind, path.split(".")))
+
+
+def norm(text):
+    t = " ".join(text.lower().split())
+    return t[:256].rstrip(" ") or None
+
+
+def values(node, steps):
+    if not steps:
+        yield node
+        return
+    key = steps[0].rstrip("*")
+    v = node.get(key)
+    if v is None:
+        return
+    for item in (v if steps[0].endswith("*") else [v]):
+        if item is not None:
+            yield from values(item, steps[1:])
+
+
+def resource(r, kws):
+    rt = r["resourceType"]
+    kws.add(("_type", rt))
+    for field, kind, steps in params.get(rt, []) + params.get("*", []):
+        for v in values(r, steps):
+            texts = []
+            if kind in ("CodeableConcept", "Coding"):
+                codings = v.get("coding", []) if kind == "CodeableConcept" else [v]
+                for c in codings:
+                    if "code" in c:
+                        kws.add((field, c.get("system", "") + "|" + c["code"]))
+                    texts.append(c.get("display"))
+                if kind == "CodeableConcept":
+                    texts.append(v.get("text"))
+            elif kind == "Identifier":
+                if "value" in v:
+                    kws.add((field, v.get("system", "") + "|" + v["value"]))
+            elif kind == "boolean":
+                kws.add((field, "true" if v else "false"))
+            else:
+                kws.add((field, v))
+            for t in texts:
+                if t is not None and norm(t):
+                    kws.add((field + ":text", norm(t)))
+    if rt == "Bundle":
+        for e in r.get("entry", []):
+            resource(e["resource"], kws)
+
+
+os.makedirs(f"{out}/expected", exist_ok=True)
+for f in sorted(glob.glob(f"{out}/carebundle/*") + glob.glob(f"{out}/r4-examples/*")):
+    kws = set()
+    with open(f, encoding="utf-8") as fh:
+        if f.endswith(".ndjson"):
+            for line in fh:
+                if line.strip():
+                    resource(json.loads(line), kws)
+        else:
+            resource(json.load(fh), kws)
+    name = os.path.basename(f).rsplit(".", 1)[0]
+    with open(f"{out}/expected/{name}.keywords", "w", encoding="utf-8") as o:
+        for field, value in sorted(kws):
+            o.write(f"{field}:{value}\n")
 PY
 
 echo "== sizes"
