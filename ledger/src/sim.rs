@@ -1376,7 +1376,8 @@ impl Sim {
 }
 
 /// The seeds a test should run: `EHR_SIM_SEED` replays one; `EHR_SIM_SEEDS` overrides the
-/// count; otherwise `default_count` seeds starting at `base`.
+/// count and `EHR_SIM_SEED_BASE` the first seed; otherwise `default_count` seeds starting at
+/// `base`.
 pub fn seeds_from_env(base: u64, default_count: u64) -> Vec<u64> {
     if let Ok(s) = std::env::var("EHR_SIM_SEED")
         && let Ok(seed) = s.trim().parse::<u64>()
@@ -1387,7 +1388,11 @@ pub fn seeds_from_env(base: u64, default_count: u64) -> Vec<u64> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .unwrap_or(default_count);
-    (base..base + count).collect()
+    let base = std::env::var("EHR_SIM_SEED_BASE")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(base);
+    (base..base.saturating_add(count)).collect()
 }
 
 #[cfg(test)]
