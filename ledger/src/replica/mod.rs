@@ -394,6 +394,7 @@ pub struct Replica<A: App> {
     last_progress: u64,
     last_retransmit: u64,
     last_heartbeat: u64,
+    served: BTreeMap<ReplicaId, u64>,
     state_deadline: Option<u64>,
 
     persist_buf: Vec<Record>,
@@ -503,6 +504,7 @@ impl<A: App> Replica<A> {
             last_progress: 0,
             last_retransmit: 0,
             last_heartbeat: 0,
+            served: BTreeMap::new(),
             state_deadline: None,
             persist_buf: Vec::new(),
             actions: Vec::new(),

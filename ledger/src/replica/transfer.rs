@@ -32,6 +32,14 @@ impl<A: App> Replica<A> {
     }
 
     pub(super) fn on_state_request(&mut self, from: ReplicaId, have: u64, low: u64) {
+        // Serve each peer at most twice per retransmission interval: an answer may carry a
+        // whole snapshot, and a Byzantine peer must not be able to make us copy it at will.
+        let gap = (self.cfg.retransmit_ms / 2).max(1);
+        if let Some(last) = self.served.get(&from)
+            && self.now < last.saturating_add(gap)
+        {
+            return;
+        }
         if have >= self.last_exec {
             if low < self.low && have >= self.low {
                 // Same height, but the requester never saw this checkpoint become stable.
@@ -70,6 +78,7 @@ impl<A: App> Replica<A> {
         if resp.checkpoint.is_none() && resp.blocks.is_empty() {
             return;
         }
+        self.served.insert(from, self.now);
         let (m, _) = self.sign(Body::StateResponse(resp), None);
         self.send(Dest::One(from), m);
     }
