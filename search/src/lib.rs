@@ -11,4 +11,4 @@ pub mod index;
 pub mod policy;
 pub mod sse;
 
-pub use error::{AbeError, IndexError, PolicyError};
+pub use error::{AbeError, IndexError, PolicyError, SseError};
