@@ -295,3 +295,88 @@ fn throughput() {
         resources / secs
     );
 }
+
+/// Every JSON pointer in `v`, in document order.
+fn pointers(v: &Value, here: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, c) in m {
+                let p = format!("{here}/{}", k.replace('~', "~0").replace('/', "~1"));
+                out.push(p.clone());
+                pointers(c, p, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                let p = format!("{here}/{i}");
+                out.push(p.clone());
+                pointers(c, p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+mod mutations {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+
+    static BUNDLE_VALUE: LazyLock<(Value, Vec<String>)> = LazyLock::new(|| {
+        let v: Value = serde_json::from_slice(&read(BUNDLE)).unwrap();
+        let mut ps = Vec::new();
+        pointers(&v, String::new(), &mut ps);
+        (v, ps)
+    });
+
+    fn replacement() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            Just(Value::from(true)),
+            Just(Value::from(42)),
+            Just(Value::from("")),
+            Just(Value::from("a|b")),
+            Just(Value::from(" padded ")),
+            Just(serde_json::json!([])),
+            Just(serde_json::json!({})),
+            Just(serde_json::json!([{"code": 1}])),
+            Just(serde_json::json!({"coding": "x"})),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Replacing any node of a real Bundle never panics; what strict mode refuses for an
+        /// element, skip mode accepts (counting it); otherwise both modes agree.
+        #[test]
+        fn mutated_bundle_nodes(pick in any::<prop::sample::Index>(), new in replacement()) {
+            let (orig, ps) = &*BUNDLE_VALUE;
+            let ptr = pick.get(ps);
+            let mut v = orig.clone();
+            *v.pointer_mut(ptr).unwrap() = new;
+            let strict = extract_value(&v, &ExtractConfig::default());
+            let skip_cfg = ExtractConfig { on_malformed: OnMalformed::Skip, ..ExtractConfig::default() };
+            let skip = extract_value(&v, &skip_cfg);
+            match &strict {
+                Ok(s) => prop_assert_eq!(Some(s), skip.as_ref().ok()),
+                Err(e) if e.is_element_error() => {
+                    let s = skip.unwrap();
+                    prop_assert!(s.skipped >= 1);
+                }
+                Err(_) => prop_assert_eq!(skip.unwrap_err(), strict.clone().unwrap_err()),
+            }
+        }
+
+        /// Random byte flips in the serialized Bundle never panic.
+        #[test]
+        fn flipped_bytes(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = read(BUNDLE);
+            for (i, b) in flips {
+                let n = i.index(bytes.len());
+                bytes[n] = b;
+            }
+            let _ = extract(&bytes, InputFormat::Json, &ExtractConfig::default());
+        }
+    }
+}

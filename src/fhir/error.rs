@@ -24,6 +24,16 @@ pub enum FhirError {
         /// The configured maximum.
         max: usize,
     },
+    /// One JSON document (the input, or an NDJSON line) is longer than the configured maximum.
+    #[error("line {line}: JSON document of {len} bytes exceeds the maximum of {max} bytes")]
+    DocumentTooLarge {
+        /// 1-based line where the document starts.
+        line: usize,
+        /// The document's length in bytes.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
     /// The input holds no resource at all (empty, or only blank NDJSON lines).
     #[error("input holds no FHIR resource")]
     Empty,

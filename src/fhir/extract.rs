@@ -22,6 +22,27 @@ pub enum InputFormat {
     Ndjson,
 }
 
+impl InputFormat {
+    /// The format for an HTTP `Content-Type` (parameters such as `; charset=utf-8` and case are
+    /// ignored): `application/fhir+json` or `application/json` is [`Json`](Self::Json);
+    /// `application/fhir+ndjson`, `application/ndjson` or `application/x-ndjson` is
+    /// [`Ndjson`](Self::Ndjson); anything else `None`.
+    pub fn from_media_type(content_type: &str) -> Option<Self> {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        let is = |t: &str| essence.eq_ignore_ascii_case(t);
+        if is("application/fhir+json") || is("application/json") {
+            Some(Self::Json)
+        } else if is("application/fhir+ndjson")
+            || is("application/ndjson")
+            || is("application/x-ndjson")
+        {
+            Some(Self::Ndjson)
+        } else {
+            None
+        }
+    }
+}
+
 /// The keywords of one input.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extraction {
@@ -54,6 +75,7 @@ pub fn extract(
             if input.iter().all(u8::is_ascii_whitespace) {
                 return Err(FhirError::Empty);
             }
+            check_document(input, 0, config)?;
             let value = parse(input, 0)?;
             w.resource(&value, &mut "$".to_owned(), 0)?;
         }
@@ -62,6 +84,7 @@ pub fn extract(
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
+                check_document(line, i, config)?;
                 let value = parse(line, i)?;
                 w.resource(&value, &mut format!("line {}: $", i + 1), 0)?;
             }
@@ -74,11 +97,25 @@ pub fn extract(
 }
 
 /// Extracts the keywords of one already parsed resource or Bundle.
+///
+/// The byte-size limits of `config` do not apply (the value is already in memory); the others
+/// do.
 pub fn extract_value(value: &Value, config: &ExtractConfig) -> Result<Extraction, FhirError> {
     config.validate()?;
     let mut w = Walker::new(config);
     w.resource(value, &mut "$".to_owned(), 0)?;
     Ok(w.out)
+}
+
+fn check_document(doc: &[u8], line0: usize, config: &ExtractConfig) -> Result<(), FhirError> {
+    if doc.len() > config.max_document_bytes {
+        return Err(FhirError::DocumentTooLarge {
+            line: line0 + 1,
+            len: doc.len(),
+            max: config.max_document_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Parses one JSON document; `line0` is the 0-based line it starts on (for NDJSON).
@@ -905,6 +942,67 @@ mod tests {
             extract_value(&ok, &cfg).unwrap_err(),
             FhirError::InvalidConfig { .. }
         ));
+    }
+
+    #[test]
+    fn documents_over_the_limit_are_refused_before_parsing() {
+        let cfg = ExtractConfig {
+            max_document_bytes: 30,
+            ..ExtractConfig::default()
+        };
+        let small = "{\"resourceType\":\"Patient\"}";
+        let big = format!(
+            "{{\"resourceType\":\"Patient\",\"id\":\"{}\"}}",
+            "x".repeat(20)
+        );
+        assert!(extract(small.as_bytes(), InputFormat::Json, &cfg).is_ok());
+        assert_eq!(
+            extract(big.as_bytes(), InputFormat::Json, &cfg).unwrap_err(),
+            FhirError::DocumentTooLarge {
+                line: 1,
+                len: 54,
+                max: 30
+            }
+        );
+        let nd = format!("{small}\n{small}\n{big}\n");
+        assert_eq!(
+            extract(nd.as_bytes(), InputFormat::Ndjson, &cfg).unwrap_err(),
+            FhirError::DocumentTooLarge {
+                line: 3,
+                len: 54,
+                max: 30
+            }
+        );
+        // NDJSON lines are limited one by one, not as a whole.
+        let many = format!("{small}\n").repeat(10);
+        assert_eq!(
+            extract(many.as_bytes(), InputFormat::Ndjson, &cfg)
+                .unwrap()
+                .resources,
+            10
+        );
+    }
+
+    #[test]
+    fn media_types() {
+        assert_eq!(
+            InputFormat::from_media_type("application/fhir+json; charset=utf-8"),
+            Some(InputFormat::Json)
+        );
+        assert_eq!(
+            InputFormat::from_media_type("Application/JSON"),
+            Some(InputFormat::Json)
+        );
+        assert_eq!(
+            InputFormat::from_media_type("application/fhir+ndjson"),
+            Some(InputFormat::Ndjson)
+        );
+        assert_eq!(
+            InputFormat::from_media_type("application/x-ndjson"),
+            Some(InputFormat::Ndjson)
+        );
+        assert_eq!(InputFormat::from_media_type("text/plain"), None);
+        assert_eq!(InputFormat::from_media_type(""), None);
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {

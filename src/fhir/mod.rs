@@ -29,8 +29,8 @@
 //!
 //! # Validation (the upload path)
 //! Refused with a [`FhirError`] that names the place (a JSON path, with the line for NDJSON)
-//! and the reason: input over the size limit, not JSON (serde_json also refuses nesting deeper
-//! than 128), a resource that is not an object or lacks a well-formed `resourceType`, a
+//! and the reason: input, or one JSON document (the input, or an NDJSON line), over its size
+//! limit, not JSON (serde_json also refuses nesting deeper than 128), a resource that is not an object or lacks a well-formed `resourceType`, a
 //! Bundle's `entry` that is not an array of objects with a `resource` (so a transaction
 //! `DELETE` entry is refused), Bundles nested too deep, too many resources or keywords. An
 //! element a token parameter reads that has the wrong JSON type (a string where a

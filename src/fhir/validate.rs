@@ -37,6 +37,13 @@ pub enum OnMalformed {
 pub struct ExtractConfig {
     /// Largest input accepted, in bytes (default 64 MiB).
     pub max_input_bytes: usize,
+    /// Largest single JSON document, in bytes: the whole input for [`InputFormat::Json`], one
+    /// line for NDJSON (default 16 MiB). A parsed document takes several times its size in
+    /// memory (about 3-5x for FHIR, up to about 20x for hostile shapes such as `[[],[],...]`),
+    /// so this bounds the parser's memory; NDJSON holds one line's tree at a time.
+    ///
+    /// [`InputFormat::Json`]: super::InputFormat::Json
+    pub max_document_bytes: usize,
     /// Most resources in one input, counting Bundles and their entries (default 100,000).
     pub max_resources: usize,
     /// Most distinct keywords from one input (default 1,000,000).
@@ -52,6 +59,7 @@ impl Default for ExtractConfig {
     fn default() -> Self {
         Self {
             max_input_bytes: 64 << 20,
+            max_document_bytes: 16 << 20,
             max_resources: 100_000,
             max_keywords: 1_000_000,
             max_bundle_nesting: 2,
@@ -66,6 +74,9 @@ impl ExtractConfig {
         let bad = |field, reason| Err(FhirError::InvalidConfig { field, reason });
         if self.max_input_bytes == 0 {
             return bad("max_input_bytes", "must be at least 1");
+        }
+        if self.max_document_bytes == 0 {
+            return bad("max_document_bytes", "must be at least 1");
         }
         if self.max_resources == 0 {
             return bad("max_resources", "must be at least 1");
