@@ -33,7 +33,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             if got == 0 {
                 return Ok(None);
             }
-            return Err(NetError::Truncated { got, want: PREFIX_LEN });
+            return Err(NetError::Truncated {
+                got,
+                want: PREFIX_LEN,
+            });
         }
         got += n;
     }
@@ -72,7 +75,8 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     if payload.is_empty() {
         return Err(NetError::EmptyFrame);
     }
-    let len = u32::try_from(payload.len()).map_err(|_| NetError::FrameTooLarge { len: u32::MAX, max })?;
+    let len =
+        u32::try_from(payload.len()).map_err(|_| NetError::FrameTooLarge { len: u32::MAX, max })?;
     if len > max {
         return Err(NetError::FrameTooLarge { len, max });
     }
@@ -123,10 +127,14 @@ pub async fn write_typed<W: AsyncWrite + Unpin>(
         Kind::Keepalive if !body.is_empty() => return Err(NetError::BadFrameKind(kind as u8)),
         _ => {}
     }
-    let len = u32::try_from(body.len())
-        .ok()
-        .filter(|l| *l <= max)
-        .ok_or(NetError::FrameTooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX), max })?;
+    let len =
+        u32::try_from(body.len())
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or(NetError::FrameTooLarge {
+                len: u32::try_from(body.len()).unwrap_or(u32::MAX),
+                max,
+            })?;
     writer.write_all(&(len + 1).to_be_bytes()).await?;
     writer.write_all(&[kind as u8]).await?;
     writer.write_all(body).await?;
@@ -164,17 +172,33 @@ mod tests {
     async fn oversized_announcement_is_refused_before_reading() {
         let mut bytes = (1_000_001u32).to_be_bytes().to_vec();
         bytes.extend_from_slice(&[0u8; 16]);
-        let err = read_frame(&mut bytes.as_slice(), 1_000_000).await.unwrap_err();
-        assert!(matches!(err, NetError::FrameTooLarge { len: 1_000_001, max: 1_000_000 }), "{err}");
+        let err = read_frame(&mut bytes.as_slice(), 1_000_000)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NetError::FrameTooLarge {
+                    len: 1_000_001,
+                    max: 1_000_000
+                }
+            ),
+            "{err}"
+        );
         let huge = u32::MAX.to_be_bytes();
-        let err = read_frame(&mut huge.as_slice(), 1_000_000).await.unwrap_err();
+        let err = read_frame(&mut huge.as_slice(), 1_000_000)
+            .await
+            .unwrap_err();
         assert!(matches!(err, NetError::FrameTooLarge { .. }), "{err}");
     }
 
     #[tokio::test]
     async fn empty_and_truncated_frames_are_errors() {
         let zero = 0u32.to_be_bytes();
-        assert!(matches!(read_frame(&mut zero.as_slice(), 10).await, Err(NetError::EmptyFrame)));
+        assert!(matches!(
+            read_frame(&mut zero.as_slice(), 10).await,
+            Err(NetError::EmptyFrame)
+        ));
         let short_prefix = [0u8, 0];
         assert!(matches!(
             read_frame(&mut short_prefix.as_slice(), 10).await,
@@ -187,13 +211,21 @@ mod tests {
             Err(NetError::Truncated { got: 3, want: 8 })
         ));
         let clean: [u8; 0] = [];
-        assert!(read_frame(&mut clean.as_slice(), 10).await.unwrap().is_none());
+        assert!(
+            read_frame(&mut clean.as_slice(), 10)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]
     async fn writer_refuses_what_readers_would_refuse() {
         let mut sink = Vec::new();
-        assert!(matches!(write_frame(&mut sink, &[], 10).await, Err(NetError::EmptyFrame)));
+        assert!(matches!(
+            write_frame(&mut sink, &[], 10).await,
+            Err(NetError::EmptyFrame)
+        ));
         assert!(matches!(
             write_frame(&mut sink, &[0u8; 11], 10).await,
             Err(NetError::FrameTooLarge { len: 11, max: 10 })
@@ -204,21 +236,41 @@ mod tests {
     #[tokio::test]
     async fn typed_frames_round_trip_and_refuse_unknown_kinds() {
         let mut buf = Vec::new();
-        write_typed(&mut buf, Kind::Message, b"abc", 3).await.unwrap();
-        write_typed(&mut buf, Kind::Keepalive, b"", 3).await.unwrap();
-        assert!(write_typed(&mut buf, Kind::Message, b"abcd", 3).await.is_err());
+        write_typed(&mut buf, Kind::Message, b"abc", 3)
+            .await
+            .unwrap();
+        write_typed(&mut buf, Kind::Keepalive, b"", 3)
+            .await
+            .unwrap();
+        assert!(
+            write_typed(&mut buf, Kind::Message, b"abcd", 3)
+                .await
+                .is_err()
+        );
         assert!(write_typed(&mut buf, Kind::Message, b"", 3).await.is_err());
         let mut r = buf.as_slice();
-        assert_eq!(read_typed(&mut r, 3).await.unwrap(), Some((Kind::Message, b"abc".to_vec())));
-        assert_eq!(read_typed(&mut r, 3).await.unwrap(), Some((Kind::Keepalive, vec![])));
+        assert_eq!(
+            read_typed(&mut r, 3).await.unwrap(),
+            Some((Kind::Message, b"abc".to_vec()))
+        );
+        assert_eq!(
+            read_typed(&mut r, 3).await.unwrap(),
+            Some((Kind::Keepalive, vec![]))
+        );
         assert_eq!(read_typed(&mut r, 3).await.unwrap(), None);
 
         let mut bad = 2u32.to_be_bytes().to_vec();
         bad.extend_from_slice(&[9, 0]);
-        assert!(matches!(read_typed(&mut bad.as_slice(), 3).await, Err(NetError::BadFrameKind(9))));
+        assert!(matches!(
+            read_typed(&mut bad.as_slice(), 3).await,
+            Err(NetError::BadFrameKind(9))
+        ));
         let mut empty_msg = 1u32.to_be_bytes().to_vec();
         empty_msg.push(1);
-        assert!(matches!(read_typed(&mut empty_msg.as_slice(), 3).await, Err(NetError::EmptyFrame)));
+        assert!(matches!(
+            read_typed(&mut empty_msg.as_slice(), 3).await,
+            Err(NetError::EmptyFrame)
+        ));
         let mut fat_keepalive = 2u32.to_be_bytes().to_vec();
         fat_keepalive.extend_from_slice(&[2, 0]);
         assert!(read_typed(&mut fat_keepalive.as_slice(), 3).await.is_err());

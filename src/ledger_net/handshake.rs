@@ -149,22 +149,32 @@ fn decode_hello(bytes: &[u8]) -> Result<Hello, NetError> {
     let rest = bytes
         .strip_prefix(MAGIC.as_slice())
         .ok_or(NetError::MalformedHandshake("magic"))?;
-    let (version, rest) = rest.split_first_chunk::<2>().ok_or(NetError::MalformedHandshake("version"))?;
+    let (version, rest) = rest
+        .split_first_chunk::<2>()
+        .ok_or(NetError::MalformedHandshake("version"))?;
     let version = u16::from_be_bytes(*version);
     if version != HANDSHAKE_VERSION {
         return Err(NetError::UnsupportedVersion(version));
     }
-    let (&chain_len, rest) = rest.split_first().ok_or(NetError::MalformedHandshake("chain_id length"))?;
+    let (&chain_len, rest) = rest
+        .split_first()
+        .ok_or(NetError::MalformedHandshake("chain_id length"))?;
     let chain_len = chain_len as usize;
     if chain_len == 0 || chain_len > MAX_CHAIN_ID || rest.len() < chain_len {
         return Err(NetError::MalformedHandshake("chain_id"));
     }
     let (chain_id, rest) = rest.split_at(chain_len);
-    let (replica, rest) = rest.split_first_chunk::<4>().ok_or(NetError::MalformedHandshake("replica id"))?;
+    let (replica, rest) = rest
+        .split_first_chunk::<4>()
+        .ok_or(NetError::MalformedHandshake("replica id"))?;
     if rest.len() != 32 {
         return Err(NetError::MalformedHandshake("nonce"));
     }
-    Ok(Hello { version, chain_id: chain_id.to_vec(), replica: u32::from_be_bytes(*replica) })
+    Ok(Hello {
+        version,
+        chain_id: chain_id.to_vec(),
+        replica: u32::from_be_bytes(*replica),
+    })
 }
 
 fn transcript(role: u8, dialer_hello: &[u8], listener_hello: &[u8]) -> Vec<u8> {
@@ -192,7 +202,9 @@ fn check_hello(bytes: &[u8], me: &Identity, set: &ValidatorSet) -> Result<u32, N
 async fn read_handshake_frame<S: AsyncRead + Unpin>(s: &mut S) -> Result<Vec<u8>, NetError> {
     read_frame(s, MAX_HANDSHAKE_FRAME)
         .await?
-        .ok_or(NetError::MalformedHandshake("connection closed during handshake"))
+        .ok_or(NetError::MalformedHandshake(
+            "connection closed during handshake",
+        ))
 }
 
 async fn send_handshake_frame<S: AsyncWrite + Unpin>(s: &mut S, b: &[u8]) -> Result<(), NetError> {
@@ -204,7 +216,8 @@ async fn send_handshake_frame<S: AsyncWrite + Unpin>(s: &mut S, b: &[u8]) -> Res
 fn verify_peer(set: &ValidatorSet, peer: u32, msg: &[u8], sig: &[u8]) -> Result<(), NetError> {
     let sig = Signature::from_slice(sig).map_err(|_| NetError::MalformedHandshake("signature"))?;
     let key = set.key(peer).ok_or(NetError::UnknownReplica(peer))?;
-    key.verify_strict(msg, &sig).map_err(|_| NetError::BadSignature(peer))
+    key.verify_strict(msg, &sig)
+        .map_err(|_| NetError::BadSignature(peer))
 }
 
 /// Runs the dialer's side on a fresh connection to the address of replica `expected`.
@@ -221,12 +234,20 @@ pub async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = read_handshake_frame(stream).await?;
     let peer = check_hello(&theirs, me, set)?;
     if peer != expected {
-        return Err(NetError::UnexpectedReplica { expected, got: peer });
+        return Err(NetError::UnexpectedReplica {
+            expected,
+            got: peer,
+        });
     }
     let sig = me.key.sign(&transcript(ROLE_DIALER, &mine, &theirs));
     send_handshake_frame(stream, &sig.to_bytes()).await?;
     let peer_sig = read_handshake_frame(stream).await?;
-    verify_peer(set, peer, &transcript(ROLE_LISTENER, &mine, &theirs), &peer_sig)
+    verify_peer(
+        set,
+        peer,
+        &transcript(ROLE_LISTENER, &mine, &theirs),
+        &peer_sig,
+    )
 }
 
 /// Runs the listener's side on an accepted connection; returns the authenticated peer's id.
@@ -242,7 +263,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = read_handshake_frame(stream).await?;
     let peer = check_hello(&theirs, me, set)?;
     let peer_sig = read_handshake_frame(stream).await?;
-    verify_peer(set, peer, &transcript(ROLE_DIALER, &theirs, &mine), &peer_sig)?;
+    verify_peer(
+        set,
+        peer,
+        &transcript(ROLE_DIALER, &theirs, &mine),
+        &peer_sig,
+    )?;
     let sig = me.key.sign(&transcript(ROLE_LISTENER, &theirs, &mine));
     send_handshake_frame(stream, &sig.to_bytes()).await?;
     Ok(peer)
@@ -276,7 +302,14 @@ mod tests {
 
     #[tokio::test]
     async fn honest_peers_authenticate_each_other() {
-        let (d, l) = run(Identity::new(0, key(0)), set(4, "c"), 2, Identity::new(2, key(2)), set(4, "c")).await;
+        let (d, l) = run(
+            Identity::new(0, key(0)),
+            set(4, "c"),
+            2,
+            Identity::new(2, key(2)),
+            set(4, "c"),
+        )
+        .await;
         d.unwrap();
         assert_eq!(l.unwrap(), 0);
     }
@@ -284,24 +317,75 @@ mod tests {
     #[tokio::test]
     async fn wrong_key_is_refused() {
         // Replica 1's slot, but signed with a key the set does not hold for it.
-        let (d, l) = run(Identity::new(1, key(9)), set(4, "c"), 3, Identity::new(3, key(3)), set(4, "c")).await;
+        let (d, l) = run(
+            Identity::new(1, key(9)),
+            set(4, "c"),
+            3,
+            Identity::new(3, key(3)),
+            set(4, "c"),
+        )
+        .await;
         assert!(matches!(l, Err(NetError::BadSignature(1))), "{l:?}");
         assert!(d.is_err());
         // And a listener with the wrong key is refused by the dialer.
-        let (d, _l) = run(Identity::new(0, key(0)), set(4, "c"), 3, Identity::new(3, key(8)), set(4, "c")).await;
+        let (d, _l) = run(
+            Identity::new(0, key(0)),
+            set(4, "c"),
+            3,
+            Identity::new(3, key(8)),
+            set(4, "c"),
+        )
+        .await;
         assert!(matches!(d, Err(NetError::BadSignature(3))), "{d:?}");
     }
 
     #[tokio::test]
     async fn wrong_chain_unknown_id_and_unexpected_peer_are_refused() {
-        let (_d, l) = run(Identity::new(0, key(0)), set(4, "other"), 1, Identity::new(1, key(1)), set(4, "c")).await;
+        let (_d, l) = run(
+            Identity::new(0, key(0)),
+            set(4, "other"),
+            1,
+            Identity::new(1, key(1)),
+            set(4, "c"),
+        )
+        .await;
         assert!(matches!(l, Err(NetError::WrongChain)), "{l:?}");
-        let (_d, l) = run(Identity::new(7, key(7)), set(8, "c"), 1, Identity::new(1, key(1)), set(4, "c")).await;
+        let (_d, l) = run(
+            Identity::new(7, key(7)),
+            set(8, "c"),
+            1,
+            Identity::new(1, key(1)),
+            set(4, "c"),
+        )
+        .await;
         assert!(matches!(l, Err(NetError::UnknownReplica(7))), "{l:?}");
-        let (d, _l) = run(Identity::new(0, key(0)), set(4, "c"), 2, Identity::new(1, key(1)), set(4, "c")).await;
-        assert!(matches!(d, Err(NetError::UnexpectedReplica { expected: 2, got: 1 })), "{d:?}");
+        let (d, _l) = run(
+            Identity::new(0, key(0)),
+            set(4, "c"),
+            2,
+            Identity::new(1, key(1)),
+            set(4, "c"),
+        )
+        .await;
+        assert!(
+            matches!(
+                d,
+                Err(NetError::UnexpectedReplica {
+                    expected: 2,
+                    got: 1
+                })
+            ),
+            "{d:?}"
+        );
         // A peer claiming this node's own id is refused too.
-        let (_d, l) = run(Identity::new(1, key(1)), set(4, "c"), 1, Identity::new(1, key(1)), set(4, "c")).await;
+        let (_d, l) = run(
+            Identity::new(1, key(1)),
+            set(4, "c"),
+            1,
+            Identity::new(1, key(1)),
+            set(4, "c"),
+        )
+        .await;
         assert!(matches!(l, Err(NetError::UnknownReplica(1))), "{l:?}");
     }
 
@@ -321,7 +405,9 @@ mod tests {
         // Capture: re-run the dialer by hand to get its hello and signature for a known listener hello.
         let listener_hello = encode_hello("c", 1, &[5u8; 32]);
         let dialer_hello = encode_hello("c", 0, &[6u8; 32]);
-        let sig = dialer.key.sign(&transcript(ROLE_DIALER, &dialer_hello, &listener_hello));
+        let sig = dialer
+            .key
+            .sign(&transcript(ROLE_DIALER, &dialer_hello, &listener_hello));
 
         let (mut a, mut b) = tokio::io::duplex(4096);
         let l = tokio::spawn(async move {
@@ -336,10 +422,16 @@ mod tests {
 
     #[test]
     fn hello_decoding_refuses_garbage() {
-        assert!(matches!(decode_hello(b"nope"), Err(NetError::MalformedHandshake("magic"))));
+        assert!(matches!(
+            decode_hello(b"nope"),
+            Err(NetError::MalformedHandshake("magic"))
+        ));
         let mut h = encode_hello("c", 1, &[0; 32]);
         h[5] = 9;
-        assert!(matches!(decode_hello(&h), Err(NetError::UnsupportedVersion(9))));
+        assert!(matches!(
+            decode_hello(&h),
+            Err(NetError::UnsupportedVersion(9))
+        ));
         let h = encode_hello("c", 1, &[0; 32]);
         for cut in 0..h.len() {
             assert!(decode_hello(&h[..cut]).is_err(), "truncated at {cut}");

@@ -194,7 +194,10 @@ pub struct Transport {
 
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transport").field("me", &self.me).field("peers", &self.links.len()).finish()
+        f.debug_struct("Transport")
+            .field("me", &self.me)
+            .field("peers", &self.links.len())
+            .finish()
     }
 }
 
@@ -257,7 +260,15 @@ impl Transport {
             ));
             links.push(Some(Link { tx, stats }));
         }
-        Ok((Self { me: me.id(), links, shared, tasks }, in_rx))
+        Ok((
+            Self {
+                me: me.id(),
+                links,
+                shared,
+                tasks,
+            },
+            in_rx,
+        ))
     }
 
     /// This replica's id.
@@ -276,7 +287,11 @@ impl Transport {
             Err(_) => {
                 let n = link.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if n == 1 || n.is_power_of_two() {
-                    warn!(peer = to, dropped = n, "outgoing queue full; dropping messages");
+                    warn!(
+                        peer = to,
+                        dropped = n,
+                        "outgoing queue full; dropping messages"
+                    );
                 }
                 false
             }
@@ -410,7 +425,9 @@ async fn serve_incoming<S: AsyncRead + AsyncWrite + Unpin + Send>(
     shared.accepted_peers.fetch_add(1, Ordering::Relaxed);
     let (replaced_tx, mut replaced) = oneshot::channel();
     {
-        let mut map = current.lock().expect("transport connection registry poisoned");
+        let mut map = current
+            .lock()
+            .expect("transport connection registry poisoned");
         if let Some(old) = map.insert(peer, replaced_tx) {
             let _ = old.send(());
         }
@@ -419,9 +436,10 @@ async fn serve_incoming<S: AsyncRead + AsyncWrite + Unpin + Send>(
     let (mut rd, mut wr) = tokio::io::split(stream);
     let reader = async {
         loop {
-            let frame = tokio::time::timeout(cfg.idle_timeout, read_typed(&mut rd, cfg.max_frame_bytes))
-                .await
-                .unwrap_or(Err(NetError::Idle(cfg.idle_timeout)))?;
+            let frame =
+                tokio::time::timeout(cfg.idle_timeout, read_typed(&mut rd, cfg.max_frame_bytes))
+                    .await
+                    .unwrap_or(Err(NetError::Idle(cfg.idle_timeout)))?;
             match frame {
                 Some((Kind::Message, msg)) => {
                     if inbound.send(Inbound { from: peer, msg }).await.is_err() {
@@ -456,7 +474,12 @@ async fn serve_incoming<S: AsyncRead + AsyncWrite + Unpin + Send>(
 /// The delay before reconnect attempt `attempt` (0-based): `initial * 2^attempt`, capped at
 /// `max`, then drawn uniformly from its upper half so that replicas restarted together do not
 /// reconnect in lockstep.
-pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+pub fn backoff_delay(
+    initial: Duration,
+    max: Duration,
+    attempt: u32,
+    rng: &mut impl Rng,
+) -> Duration {
     let exp = initial.saturating_mul(1u32 << attempt.min(20));
     let capped = exp.min(max);
     let half = capped / 2;
@@ -491,7 +514,12 @@ async fn dial_loop<C: Connector>(
             }
             Err(e) => debug!(peer, %addr, reason = %e, attempt, "cannot reach peer"),
         }
-        let delay = backoff_delay(cfg.backoff_initial, cfg.backoff_max, attempt, &mut rand::thread_rng());
+        let delay = backoff_delay(
+            cfg.backoff_initial,
+            cfg.backoff_max,
+            attempt,
+            &mut rand::thread_rng(),
+        );
         attempt = attempt.saturating_add(1);
         tokio::time::sleep(delay).await;
     }
@@ -507,10 +535,15 @@ async fn connect_once<C: Connector>(
 ) -> Result<C::Stream, NetError> {
     let mut stream = tokio::time::timeout(cfg.connect_timeout, connector.connect(addr.to_owned()))
         .await
-        .map_err(|_| NetError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")))??;
-    tokio::time::timeout(cfg.handshake_timeout, handshake::dial(&mut stream, me, validators, peer))
-        .await
-        .map_err(|_| NetError::HandshakeTimeout)??;
+        .map_err(|_| {
+            NetError::Io(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
+        })??;
+    tokio::time::timeout(
+        cfg.handshake_timeout,
+        handshake::dial(&mut stream, me, validators, peer),
+    )
+    .await
+    .map_err(|_| NetError::HandshakeTimeout)??;
     Ok(stream)
 }
 
@@ -538,7 +571,9 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
                 Err(_) => None,
             };
             let Some(first) = first else {
-                if let Err(e) = write_typed(&mut wr, Kind::Keepalive, &[], cfg.max_frame_bytes).await {
+                if let Err(e) =
+                    write_typed(&mut wr, Kind::Keepalive, &[], cfg.max_frame_bytes).await
+                {
                     return Pump::Failed(e);
                 }
                 if let Err(e) = wr.flush().await {
@@ -572,7 +607,9 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
             match frame {
                 Ok(Some((Kind::Keepalive, _))) => {}
                 Ok(Some((Kind::Message, _))) => {
-                    return NetError::MalformedHandshake("listener sent a message on a send-only connection");
+                    return NetError::MalformedHandshake(
+                        "listener sent a message on a send-only connection",
+                    );
                 }
                 Ok(None) => return NetError::Io(io::ErrorKind::UnexpectedEof.into()),
                 Err(e) => return e,
@@ -597,16 +634,30 @@ mod tests {
         for attempt in 0..40 {
             let d = backoff_delay(i, m, attempt, &mut rng);
             let full = i.saturating_mul(1 << attempt.min(20)).min(m);
-            assert!(d >= full / 2 && d <= full, "attempt {attempt}: {d:?} vs {full:?}");
+            assert!(
+                d >= full / 2 && d <= full,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
         }
     }
 
     #[test]
     fn config_validation_names_the_field() {
         assert!(TransportConfig::default().validate().is_ok());
-        let c = TransportConfig { queue_capacity: 0, ..Default::default() };
-        assert!(c.validate().unwrap_err().to_string().contains("queue_capacity"));
-        let c = TransportConfig { backoff_max: Duration::from_millis(1), ..Default::default() };
+        let c = TransportConfig {
+            queue_capacity: 0,
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("queue_capacity")
+        );
+        let c = TransportConfig {
+            backoff_max: Duration::from_millis(1),
+            ..Default::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("backoff"));
     }
 }
