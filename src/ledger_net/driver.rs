@@ -1,5 +1,5 @@
 //! The driver: one task that owns the replica and its store, fed by one `select!` over a
-//! closed [`Event`] enum, and that executes the replica's actions in order.
+//! closed `Event` enum, and that executes the replica's actions in order.
 //!
 //! The driver has no protocol logic. Per turn it:
 //! 1. waits for an event: a peer message, a client submission, the replica's next deadline,
