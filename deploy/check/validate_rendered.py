@@ -1,0 +1,165 @@
+"""Checks of rendered ehr manifests that kubernetes-validate and checkov cannot make.
+
+Run by scripts/check-deploy.sh inside its virtual environment:
+
+    python validate_rendered.py --schemas DIR OVERLAY=RENDERED.yaml ...
+
+1. Custom resources (PodMonitor, PrometheusRule of monitoring.coreos.com/v1) are validated
+   against the committed JSON schemas in DIR, which refuse unknown fields, and every rule's
+   PromQL expression is parsed. kubernetes-validate bundles only the built-in kinds.
+2. The consortium's invariants hold in each overlay: n = 3f+1 replicas, a PodDisruptionBudget
+   of 2f+1, a headless peer Service publishing not-ready addresses, parallel pod start, a
+   ConfigMap with one node-<i>.toml per replica and consortium.json, and exactly one key Secret
+   per replica, mounted only into the init container.
+
+Exits 1 and names every failure (overlay, resource, field, reason) when a check fails.
+"""
+
+import argparse
+import json
+import pathlib
+import sys
+
+import jsonschema
+import promql_parser
+import yaml
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def name_of(doc):
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def check_custom_resources(docs, schemas, fail):
+    for doc in docs:
+        api = doc.get("apiVersion", "")
+        if "/" not in api or "." not in api.split("/")[0]:
+            continue  # a built-in kind: kubernetes-validate's job
+        group, version = api.split("/")
+        if group.endswith(".k8s.io"):
+            continue  # built-in API groups (networking.k8s.io ...) have bundled schemas
+        schema_file = schemas / f"{doc['kind'].lower()}.{group}.{version}.json"
+        if not schema_file.is_file():
+            fail(name_of(doc), f"no committed schema for {doc['kind']} ({api}): add {schema_file.name}")
+            continue
+        schema = json.loads(schema_file.read_text(encoding="utf-8"))
+        validator = jsonschema.Draft7Validator(schema)
+        for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+            field = ".".join(str(p) for p in err.absolute_path) or "(document)"
+            fail(name_of(doc), f"{field}: {err.message}")
+        if doc.get("kind") == "PrometheusRule":
+            for group_doc in doc.get("spec", {}).get("groups", []):
+                for rule in group_doc.get("rules", []):
+                    label = rule.get("alert") or rule.get("record")
+                    try:
+                        promql_parser.parse(rule.get("expr", ""))
+                    except Exception as e:  # the parser raises ValueError with its position
+                        fail(name_of(doc), f"rule {label}: expr is not valid PromQL: {e}")
+
+
+def check_consortium(docs, fail):
+    by_kind = {}
+    for doc in docs:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    sets = [d for d in by_kind.get("StatefulSet", []) if d["metadata"]["name"] == "ehr"]
+    if len(sets) != 1:
+        fail("StatefulSet/ehr", f"expected exactly one, found {len(sets)}")
+        return
+    sts = sets[0]
+    spec = sts["spec"]
+    n = spec.get("replicas", 1)
+    f = (n - 1) // 3
+    where = "StatefulSet/ehr"
+    if n < 4 or n != 3 * f + 1:
+        fail(where, f"spec.replicas: {n} is not 3f+1 with f >= 1 (4, 7, 10 ...)")
+    if spec.get("podManagementPolicy") != "Parallel":
+        fail(where, "spec.podManagementPolicy: must be Parallel (Ready needs 2f+1 replicas up)")
+
+    pdbs = by_kind.get("PodDisruptionBudget", [])
+    if len(pdbs) != 1 or pdbs[0]["spec"].get("minAvailable") != 2 * f + 1:
+        got = [p["spec"].get("minAvailable") for p in pdbs]
+        fail("PodDisruptionBudget", f"spec.minAvailable: expected one PDB with 2f+1 = {2 * f + 1}, found {got}")
+
+    peers = [s for s in by_kind.get("Service", []) if s["metadata"]["name"] == spec.get("serviceName")]
+    if not peers:
+        fail(where, f"spec.serviceName: no Service named {spec.get('serviceName')!r}")
+    else:
+        svc = peers[0]["spec"]
+        if svc.get("clusterIP") != "None" or svc.get("publishNotReadyAddresses") is not True:
+            fail(name_of(peers[0]), "spec: must be headless with publishNotReadyAddresses: true")
+
+    pod = spec["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    config_maps = {c["metadata"]["name"]: c for c in by_kind.get("ConfigMap", [])}
+    secrets = {s["metadata"]["name"]: s for s in by_kind.get("Secret", [])}
+
+    source = volumes.get("config-source", {}).get("configMap", {}).get("name")
+    if source not in config_maps:
+        fail(where, f"volumes.config-source: ConfigMap {source!r} is not in the rendered overlay")
+    else:
+        keys = set(config_maps[source].get("data", {}))
+        want = {"consortium.json"} | {f"node-{i}.toml" for i in range(n)}
+        if keys != want:
+            fail(name_of(config_maps[source]), f"data: keys {sorted(keys)}, expected {sorted(want)}")
+
+    key_volumes = {name for name in volumes if name.startswith("keys-")}
+    want_volumes = {f"keys-{i}" for i in range(n)}
+    if key_volumes != want_volumes:
+        fail(where, f"volumes: key volumes {sorted(key_volumes)}, expected one per replica {sorted(want_volumes)}")
+    for i in range(n):
+        vol = volumes.get(f"keys-{i}", {})
+        secret_name = vol.get("secret", {}).get("secretName")
+        if secret_name not in secrets:
+            fail(where, f"volumes.keys-{i}: Secret {secret_name!r} is not in the rendered overlay")
+            continue
+        if not secret_name.startswith(f"ehr-node-{i}-keys"):
+            fail(where, f"volumes.keys-{i}: mounts {secret_name}, which is not replica {i}'s Secret")
+        data = secrets[secret_name].get("data", {})
+        if not data or not all(k.endswith(".key") for k in data):
+            fail(name_of(secrets[secret_name]), f"data: expected *.key files, found {sorted(data)}")
+
+    inits = {c["name"]: c for c in pod.get("initContainers", [])}
+    init = inits.get("install-config")
+    if init is None:
+        fail(where, "initContainers: install-config is missing")
+    else:
+        mounts = {m["name"]: m["mountPath"] for m in init.get("volumeMounts", [])}
+        for i in range(n):
+            if mounts.get(f"keys-{i}") != f"/run/ehr-keys/node-{i}":
+                fail(where, f"initContainers.install-config: keys-{i} must be mounted at /run/ehr-keys/node-{i}")
+    for c in pod.get("containers", []):
+        for m in c.get("volumeMounts", []):
+            if m["name"].startswith("keys-") or m["name"] == "config-source":
+                fail(where, f"containers.{c['name']}: mounts {m['name']}; only the init container may")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schemas", type=pathlib.Path, required=True)
+    parser.add_argument("rendered", nargs="+", help="OVERLAY=FILE")
+    args = parser.parse_args()
+    failures = 0
+    for item in args.rendered:
+        overlay, _, path = item.partition("=")
+
+        def fail(resource, reason, overlay=overlay):
+            nonlocal failures
+            failures += 1
+            print(f"FAIL {overlay}: {resource}: {reason}")
+
+        docs = load(path)
+        check_custom_resources(docs, args.schemas, fail)
+        check_consortium(docs, fail)
+    if failures:
+        print(f"{failures} consortium/custom-resource check(s) failed")
+        return 1
+    print(f"consortium and custom-resource checks passed ({len(args.rendered)} overlays)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+//! The Kubernetes manifests in `deploy/k8s` pass the offline validation of
+//! `scripts/check-deploy.sh` (kustomize render, `kubernetes-validate --strict`, the consortium
+//! and custom-resource checks, `checkov` with zero failed checks), and the validation catches
+//! what it is there to catch: each mutation below must make it fail with a message naming the
+//! problem.
+//!
+//! The script installs its pinned Python tools into a cache outside the repository on the
+//! first run (that needs the Python package index once). Runs are serialised: they share that
+//! cache and the machine's two cores.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the check script, on `k8s` (a copy of `deploy/k8s`) when given, for `overlays`.
+fn run_check(k8s: Option<&Path>, overlays: &str) -> (bool, String) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo().join("scripts/check-deploy.sh"))
+        .env("EHR_BIN", env!("CARGO_BIN_EXE_ehr"))
+        .env("EHR_DEPLOY_OVERLAYS", overlays)
+        .current_dir(repo());
+    if let Some(dir) = k8s {
+        cmd.env("EHR_DEPLOY_K8S", dir);
+    }
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("bash runs scripts/check-deploy.sh");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&stdout),
+        String::from_utf8_lossy(&stderr)
+    );
+    (status.success(), text)
+}
+
+/// Copies `deploy/k8s` (without any local consortium output) into a temporary directory.
+fn copy_k8s() -> tempfile::TempDir {
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("create the copy's directory");
+        for entry in std::fs::read_dir(from).expect("read deploy/k8s") {
+            let entry = entry.expect("directory entry");
+            let path = entry.path();
+            if entry.file_name() == "consortium" {
+                continue;
+            }
+            if path.is_dir() {
+                copy(&path, &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(&path, to.join(entry.file_name())).expect("copy a manifest");
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("temporary directory");
+    copy(&repo().join("deploy/k8s"), dir.path());
+    dir
+}
+
+/// Replaces exactly one occurrence of `from` in `file` (relative to the copy).
+fn mutate(root: &Path, file: &str, from: &str, to: &str) {
+    let path = root.join(file);
+    let text = std::fs::read_to_string(&path).expect("read the manifest to mutate");
+    assert_eq!(
+        text.matches(from).count(),
+        1,
+        "{file}: the mutation's anchor {from:?} must occur exactly once"
+    );
+    std::fs::write(&path, text.replacen(from, to, 1)).expect("write the mutated manifest");
+}
+
+/// Runs the check on a copy of `deploy/k8s` mutated by `edit`, and requires it to fail with
+/// `expected` in its output.
+fn assert_caught(overlays: &str, expected: &str, edit: impl FnOnce(&Path)) {
+    let copy = copy_k8s();
+    edit(copy.path());
+    let (ok, out) = run_check(Some(copy.path()), overlays);
+    assert!(!ok, "the check passed a broken manifest; output:\n{out}");
+    assert!(
+        out.contains(expected),
+        "the check failed without naming {expected:?}; output:\n{out}"
+    );
+}
+
+#[test]
+fn committed_overlays_pass_offline_validation() {
+    let (ok, out) = run_check(None, "dev production");
+    assert!(ok, "scripts/check-deploy.sh failed:\n{out}");
+    for overlay in ["dev", "production"] {
+        for needle in [
+            format!("{overlay}: kubernetes-validate --strict -k 1.30.0 passed"),
+            format!("{overlay}: kubernetes-validate --strict -k 1.33.0 passed"),
+            format!("{overlay}: checkov passed"),
+        ] {
+            assert!(out.contains(&needle), "missing {needle:?} in:\n{out}");
+        }
+        let failed = format!("{overlay}: checkov passed (Passed checks: ");
+        let line = out
+            .lines()
+            .find(|l| l.contains(&failed))
+            .unwrap_or_else(|| panic!("no checkov summary for {overlay} in:\n{out}"));
+        assert!(line.contains("Failed checks: 0,"), "{line}");
+    }
+    assert!(out.contains("consortium and custom-resource checks passed (2 overlays)"));
+}
+
+#[test]
+fn a_misspelt_field_fails_strict_schema_validation() {
+    assert_caught("dev", "kubernetes-validate --strict", |k8s| {
+        mutate(
+            k8s,
+            "base/statefulset.yaml",
+            "minReadySeconds: 10",
+            "minReadySecond: 10",
+        );
+    });
+}
+
+#[test]
+fn a_disruption_budget_below_quorum_is_refused() {
+    assert_caught("dev", "spec.minAvailable", |k8s| {
+        mutate(
+            k8s,
+            "base/poddisruptionbudget.yaml",
+            "minAvailable: 3",
+            "minAvailable: 2",
+        );
+    });
+}
+
+#[test]
+fn a_replica_without_its_key_secret_is_refused() {
+    // Production scaled to seven replicas must mount seven key Secrets into the init container.
+    assert_caught("production", "keys-6", |k8s| {
+        mutate(
+            k8s,
+            "overlays/production/statefulset-production.yaml",
+            "            - name: keys-6\n              mountPath: /run/ehr-keys/node-6\n              readOnly: true\n",
+            "",
+        );
+    });
+}
+
+#[test]
+fn key_secrets_mounted_into_the_node_container_are_refused() {
+    assert_caught("dev", "only the init container may", |k8s| {
+        mutate(
+            k8s,
+            "base/statefulset.yaml",
+            "            - name: tmp\n              mountPath: /tmp\n",
+            "            - name: tmp\n              mountPath: /tmp\n            - name: keys-0\n              mountPath: /run/ehr-keys/node-0\n              readOnly: true\n",
+        );
+    });
+}
+
+#[test]
+fn an_alert_with_invalid_promql_is_refused() {
+    assert_caught("production", "not valid PromQL", |k8s| {
+        mutate(
+            k8s,
+            "components/monitoring/prometheusrule.yaml",
+            "expr: changes(ehr_ledger_view[30m]) > 2",
+            "expr: changes(ehr_ledger_view[30m] > 2",
+        );
+    });
+}
+
+#[test]
+fn a_writable_root_filesystem_fails_checkov() {
+    assert_caught("dev", "CKV_K8S_22", |k8s| {
+        let path = k8s.join("base/statefulset.yaml");
+        let text = std::fs::read_to_string(&path).expect("read the StatefulSet");
+        assert_eq!(text.matches("readOnlyRootFilesystem: true").count(), 2);
+        std::fs::write(
+            &path,
+            text.replace(
+                "readOnlyRootFilesystem: true",
+                "readOnlyRootFilesystem: false",
+            ),
+        )
+        .expect("write the StatefulSet");
+    });
+}
