@@ -121,7 +121,7 @@ placeholder_consortium() {
   local overlay="$1" f
   grep -oE 'consortium/[^ ]+' "$overlay/kustomization.yaml" | while read -r f; do
     mkdir -p "$overlay/$(dirname "$f")"
-    printf 'placeholder written by scripts/check-deploy.sh; not a key, not a config\n' >"$overlay/$f"
+    printf 'placeholder written by scripts/check-deploy.sh; not a key, not a config: %s\n' "$f" >"$overlay/$f"
   done
 }
 

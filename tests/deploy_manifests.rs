@@ -238,3 +238,15 @@ fn a_writable_root_filesystem_fails_checkov() {
         .expect("write the StatefulSet");
     });
 }
+
+#[test]
+fn an_init_script_installing_another_replicas_keys_is_refused() {
+    assert_caught("dev", "is not replica 3's key", |k8s| {
+        mutate(
+            k8s,
+            "base/statefulset.yaml",
+            "keys=\"/run/ehr-keys/node-$ord\"",
+            "keys=\"/run/ehr-keys/node-0\"",
+        );
+    });
+}

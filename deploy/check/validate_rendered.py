@@ -11,7 +11,10 @@ Run by scripts/check-deploy.sh inside its virtual environment:
    of 2f+1, a headless peer Service publishing not-ready addresses, parallel pod start, a
    ConfigMap with one node-<i>.toml per replica and consortium.json, and exactly one key Secret
    per replica, mounted only into the init container.
-3. When the ConfigMap holds real `ehr init-consortium` output (not the script's placeholders),
+3. The init container's script, run with `sh` in a scratch directory standing in for the pod's
+   volumes (filled from the rendered ConfigMap and Secrets), installs replica i's config and
+   only replica i's keys with mode 0600, and refuses an ordinal outside the consortium.
+4. When the ConfigMap holds real `ehr init-consortium` output (not the script's placeholders),
    each node-<i>.toml fits the pod: replica id i, the paths the pod mounts (data, consortium
    file, secrets), listeners on all interfaces at the ports the Services and NetworkPolicy
    open, and peers ehr-<j>.ehr-peers:7000 in replica order; consortium.json lists n validators
@@ -21,9 +24,15 @@ Exits 1 and names every failure (overlay, resource, field, reason) when a check 
 """
 
 import argparse
+import base64
 import json
+import os
 import pathlib
+import re
+import stat
+import subprocess
 import sys
+import tempfile
 
 import jsonschema
 import promql_parser
@@ -202,6 +211,66 @@ def check_node_configs(config_map, n, fail):
                 fail(where, f"data.{key}: ipfs.bootstrap {addr!r} is not another replica's swarm address")
 
 
+def check_init_script(docs, fail):
+    sts = next(d for d in docs if d["kind"] == "StatefulSet")
+    pod = sts["spec"]["template"]["spec"]
+    n = sts["spec"]["replicas"]
+    init = next(c for c in pod["initContainers"] if c["name"] == "install-config")
+    script = init["command"][-1]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    where = "StatefulSet/ehr: initContainers.install-config"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        # Every absolute path the script names (all under /run, /etc or /var, where the
+        # volumes are mounted) is moved under the scratch root, in one pass.
+        script = re.sub(r"(?<![\w./-])/(run|etc|var)/", lambda m: f"{root}{m.group(0)}", script)
+        mounts = init["volumeMounts"]
+        for m in mounts:
+            target = root / m["mountPath"].lstrip("/")
+            target.mkdir(parents=True, exist_ok=True)
+            vol = volumes.get(m["name"], {})  # claims (volumeClaimTemplates) stay empty
+            if "configMap" in vol and not vol["configMap"].get("optional"):
+                for k, v in by_name[("ConfigMap", vol["configMap"]["name"])]["data"].items():
+                    (target / k).write_text(v, encoding="utf-8")
+            if "secret" in vol:
+                for k, v in by_name[("Secret", vol["secret"]["secretName"])]["data"].items():
+                    (target / k).write_bytes(base64.b64decode(v))
+                    os.chmod(target / k, 0o440)
+
+        def run(ordinal):
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": f"ehr-{ordinal}"}
+            return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+
+        last = n - 1
+        done = run(last)
+        if done.returncode != 0:
+            fail(where, f"failed for replica {last}: {done.stderr.strip()}")
+            return
+        cfg_mount = next(m["mountPath"] for m in mounts if m["name"] == "config")
+        sec_mount = next(m["mountPath"] for m in mounts if m["name"] == "secrets")
+        config_map = by_name[("ConfigMap", volumes["config-source"]["configMap"]["name"])]
+        installed = (root / cfg_mount.lstrip("/") / "node.toml").read_text(encoding="utf-8")
+        if installed != config_map["data"][f"node-{last}.toml"]:
+            fail(where, f"replica {last} got a node.toml other than node-{last}.toml")
+        secret = by_name[("Secret", volumes[f"keys-{last}"]["secret"]["secretName"])]
+        keys_dir = root / sec_mount.lstrip("/")
+        got = sorted(p.name for p in keys_dir.iterdir())
+        if got != sorted(secret["data"]):
+            fail(where, f"replica {last} got key files {got}, expected {sorted(secret['data'])}")
+        for k, v in secret["data"].items():
+            path = keys_dir / k
+            if path.is_file():
+                if path.read_bytes() != base64.b64decode(v):
+                    fail(where, f"replica {last}: {k} is not replica {last}'s key")
+                mode = stat.S_IMODE(path.stat().st_mode)
+                if mode != 0o600:
+                    fail(where, f"replica {last}: {k} has mode {mode:o}, the node needs 600")
+        outside = run(n)
+        if outside.returncode == 0:
+            fail(where, f"accepted pod ehr-{n}, outside a consortium of {n}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schemas", type=pathlib.Path, required=True)
@@ -219,6 +288,7 @@ def main():
         docs = load(path)
         check_custom_resources(docs, args.schemas, fail)
         check_consortium(docs, fail)
+        check_init_script(docs, fail)
     if failures:
         print(f"{failures} consortium/custom-resource check(s) failed")
         return 1
