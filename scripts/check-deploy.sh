@@ -122,11 +122,17 @@ have_init_consortium() {
 }
 
 placeholder_consortium() {
-  # Only the files the overlay names, holding no key material.
+  # Only the files the overlay names, holding no key material. A node.toml placeholder has the
+  # three path keys, relative as ehr init-consortium writes them, for the init script to pin.
   local overlay="$1" f
   grep -oE 'consortium/[^ ]+' "$overlay/kustomization.yaml" | while read -r f; do
     mkdir -p "$overlay/$(dirname "$f")"
-    printf 'placeholder written by scripts/check-deploy.sh; not a key, not a config: %s\n' "$f" >"$overlay/$f"
+    {
+      printf '# placeholder written by scripts/check-deploy.sh; not a key, not a config: %s\n' "$f"
+      case "$f" in
+        */node.toml) printf 'data_dir = "data"\nconsortium = "../consortium.json"\nsecrets_dir = "secrets"\n' ;;
+      esac
+    } >"$overlay/$f"
   done
 }
 

@@ -132,6 +132,19 @@ fn committed_overlays_pass_offline_validation() {
         assert!(line.contains("Failed checks: 0,"), "{line}");
     }
     assert!(out.contains("consortium and custom-resource checks passed (2 overlays)"));
+    // Once the binary has `init-consortium`, the script must use its real output and compare
+    // every installed node.toml with the pod (paths, ports, peers).
+    let has_init = Command::new(env!("CARGO_BIN_EXE_ehr"))
+        .args(["init-consortium", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if has_init {
+        for n in [4, 7] {
+            let needle =
+                format!("checked {n} installed node.toml files of real init-consortium output");
+            assert!(out.contains(&needle), "missing {needle:?} in:\n{out}");
+        }
+    }
     let docker = out
         .lines()
         .find(|l| l.contains("Dockerfile: hadolint and checkov passed"))

@@ -11,12 +11,13 @@ Run by scripts/check-deploy.sh inside its virtual environment:
    of 2f+1, a headless peer Service publishing not-ready addresses, parallel pod start, a
    ConfigMap with one node-<i>.toml per replica and consortium.json, and exactly one key Secret
    per replica, mounted only into the init container.
-3. The init container's script, run with `sh` in a scratch directory standing in for the pod's
-   volumes (filled from the rendered ConfigMap and Secrets), installs replica i's config and
-   only replica i's keys with mode 0600, and refuses an ordinal outside the consortium.
+3. The init container's script, run with `sh` for every ordinal in a scratch directory standing
+   in for the pod's volumes (filled from the rendered ConfigMap and Secrets), installs replica
+   i's config and only replica i's keys with mode 0600, and refuses an ordinal outside the
+   consortium.
 4. When the ConfigMap holds real `ehr init-consortium` output (not the script's placeholders),
-   each node-<i>.toml fits the pod: replica id i, the paths the pod mounts (data, consortium
-   file, secrets), listeners on all interfaces at the ports the Services and NetworkPolicy
+   each node.toml as the init script installed it fits the pod: replica id i, the paths the
+   pod mounts (data, consortium file, secrets), listeners on all interfaces at the ports the Services and NetworkPolicy
    open, and peers ehr-<j>.ehr-peers:7000 in replica order; consortium.json lists n validators
    of the same chain.
 
@@ -129,9 +130,6 @@ def check_consortium(docs, fail):
         if keys != want:
             fail(name_of(config_maps[source]), f"data: keys {sorted(keys)}, expected {sorted(want)}")
 
-    if source in config_maps:
-        check_node_configs(config_maps[source], n, fail)
-
     key_volumes = {name for name in volumes if name.startswith("keys-")}
     want_volumes = {f"keys-{i}" for i in range(n)}
     if key_volumes != want_volumes:
@@ -163,13 +161,10 @@ def check_consortium(docs, fail):
                 fail(where, f"containers.{c['name']}: mounts {m['name']}; only the init container may")
 
 
-def check_node_configs(config_map, n, fail):
-    data = config_map.get("data", {})
-    where = name_of(config_map)
-    if any(v.startswith(PLACEHOLDER) for v in data.values()):
-        return  # the script's placeholders: nothing to compare
+def check_node_configs(where, consortium_text, installed, n, fail):
+    """Compares the node.toml each replica's init script installed with the pod and consortium."""
     try:
-        consortium = json.loads(data.get("consortium.json", ""))
+        consortium = json.loads(consortium_text)
     except ValueError as e:
         fail(where, f"data.consortium.json: not JSON ({e})")
         return
@@ -178,16 +173,16 @@ def check_node_configs(config_map, n, fail):
     if len(validators) != n:
         fail(where, f"data.consortium.json: {len(validators)} validators for {n} replicas")
     for i in range(n):
-        key = f"node-{i}.toml"
+        key = f"node-{i}.toml (as installed)"
         try:
-            cfg = tomllib.loads(data.get(key, ""))
+            cfg = tomllib.loads(installed[i])
         except tomllib.TOMLDecodeError as e:
-            fail(where, f"data.{key}: not TOML ({e})")
+            fail(where, f"{key}: not TOML ({e})")
             continue
 
         def want(field, got, expected, key=key):
             if got != expected:
-                fail(where, f"data.{key}: {field} is {got!r}, the pod needs {expected!r}")
+                fail(where, f"{key}: {field} is {got!r}, the pod needs {expected!r}")
 
         want("replica_id", cfg.get("replica_id"), i)
         want("chain_id", cfg.get("chain_id"), chain)
@@ -204,71 +199,78 @@ def check_node_configs(config_map, n, fail):
         )
         listen = cfg.get("ipfs", {}).get("listen", [])
         if f"/ip4/0.0.0.0/tcp/{IPFS_PORT}" not in listen:
-            fail(where, f"data.{key}: ipfs.listen {listen!r} lacks /ip4/0.0.0.0/tcp/{IPFS_PORT}")
+            fail(where, f"{key}: ipfs.listen {listen!r} lacks /ip4/0.0.0.0/tcp/{IPFS_PORT}")
         others = {f"/dns4/{PEER_HOST.format(i=j)}/tcp/{IPFS_PORT}/p2p/" for j in range(n) if j != i}
         for addr in cfg.get("ipfs", {}).get("bootstrap", []):
             if not any(addr.startswith(o) for o in others):
-                fail(where, f"data.{key}: ipfs.bootstrap {addr!r} is not another replica's swarm address")
+                fail(where, f"{key}: ipfs.bootstrap {addr!r} is not another replica's swarm address")
 
 
 def check_init_script(docs, fail):
+    """Runs the init container's script for every ordinal in a scratch root standing in for the
+    pod's volumes; checks what it installs, then the installed configs (real output only)."""
     sts = next(d for d in docs if d["kind"] == "StatefulSet")
     pod = sts["spec"]["template"]["spec"]
     n = sts["spec"]["replicas"]
     init = next(c for c in pod["initContainers"] if c["name"] == "install-config")
-    script = init["command"][-1]
     volumes = {v["name"]: v for v in pod["volumes"]}
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    config_map = by_name[("ConfigMap", volumes["config-source"]["configMap"]["name"])]
     where = "StatefulSet/ehr: initContainers.install-config"
-    with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(tmp)
-        # Every absolute path the script names (all under /run, /etc or /var, where the
-        # volumes are mounted) is moved under the scratch root, in one pass.
-        script = re.sub(r"(?<![\w./-])/(run|etc|var)/", lambda m: f"{root}{m.group(0)}", script)
-        mounts = init["volumeMounts"]
-        for m in mounts:
-            target = root / m["mountPath"].lstrip("/")
-            target.mkdir(parents=True, exist_ok=True)
-            vol = volumes.get(m["name"], {})  # claims (volumeClaimTemplates) stay empty
-            if "configMap" in vol and not vol["configMap"].get("optional"):
-                for k, v in by_name[("ConfigMap", vol["configMap"]["name"])]["data"].items():
-                    (target / k).write_text(v, encoding="utf-8")
-            if "secret" in vol:
-                for k, v in by_name[("Secret", vol["secret"]["secretName"])]["data"].items():
-                    (target / k).write_bytes(base64.b64decode(v))
-                    os.chmod(target / k, 0o440)
-
-        def run(ordinal):
+    installed = {}
+    for ordinal in range(n + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            root = pathlib.Path(tmp)
+            # Every absolute path the script names (all under /run, /etc or /var, where the
+            # volumes are mounted) is moved under the scratch root, in one pass.
+            script = re.sub(
+                r"(?<![\w./-])/(run|etc|var)/", lambda m: f"{root}{m.group(0)}", init["command"][-1]
+            )
+            mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+            for name, mount in mounts.items():
+                target = root / mount.lstrip("/")
+                target.mkdir(parents=True, exist_ok=True)
+                vol = volumes.get(name, {})  # claims (volumeClaimTemplates) stay empty
+                if "configMap" in vol and not vol["configMap"].get("optional"):
+                    for k, v in by_name[("ConfigMap", vol["configMap"]["name"])]["data"].items():
+                        (target / k).write_text(v, encoding="utf-8")
+                if "secret" in vol:
+                    for k, v in by_name[("Secret", vol["secret"]["secretName"])]["data"].items():
+                        (target / k).write_bytes(base64.b64decode(v))
+                        os.chmod(target / k, 0o440)
             env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "POD_NAME": f"ehr-{ordinal}"}
-            return subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
-
-        last = n - 1
-        done = run(last)
-        if done.returncode != 0:
-            fail(where, f"failed for replica {last}: {done.stderr.strip()}")
-            return
-        cfg_mount = next(m["mountPath"] for m in mounts if m["name"] == "config")
-        sec_mount = next(m["mountPath"] for m in mounts if m["name"] == "secrets")
-        config_map = by_name[("ConfigMap", volumes["config-source"]["configMap"]["name"])]
-        installed = (root / cfg_mount.lstrip("/") / "node.toml").read_text(encoding="utf-8")
-        if installed != config_map["data"][f"node-{last}.toml"]:
-            fail(where, f"replica {last} got a node.toml other than node-{last}.toml")
-        secret = by_name[("Secret", volumes[f"keys-{last}"]["secret"]["secretName"])]
-        keys_dir = root / sec_mount.lstrip("/")
-        got = sorted(p.name for p in keys_dir.iterdir())
-        if got != sorted(secret["data"]):
-            fail(where, f"replica {last} got key files {got}, expected {sorted(secret['data'])}")
-        for k, v in secret["data"].items():
-            path = keys_dir / k
-            if path.is_file():
+            done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+            if ordinal == n:
+                if done.returncode == 0:
+                    fail(where, f"accepted pod ehr-{n}, outside a consortium of {n}")
+                continue
+            if done.returncode != 0:
+                fail(where, f"failed for replica {ordinal}: {done.stderr.strip()}")
+                continue
+            config_dir = root / mounts["config"].lstrip("/")
+            text = (config_dir / "node.toml").read_text(encoding="utf-8")
+            installed[ordinal] = text.replace(str(root), "")
+            secret = by_name[("Secret", volumes[f"keys-{ordinal}"]["secret"]["secretName"])]
+            keys_dir = root / mounts["secrets"].lstrip("/")
+            got = sorted(p.name for p in keys_dir.iterdir())
+            if got != sorted(secret["data"]):
+                fail(where, f"replica {ordinal} got key files {got}, expected {sorted(secret['data'])}")
+            for k, v in secret["data"].items():
+                path = keys_dir / k
+                if not path.is_file():
+                    continue
                 if path.read_bytes() != base64.b64decode(v):
-                    fail(where, f"replica {last}: {k} is not replica {last}'s key")
+                    fail(where, f"replica {ordinal}: {k} is not replica {ordinal}'s key")
                 mode = stat.S_IMODE(path.stat().st_mode)
                 if mode != 0o600:
-                    fail(where, f"replica {last}: {k} has mode {mode:o}, the node needs 600")
-        outside = run(n)
-        if outside.returncode == 0:
-            fail(where, f"accepted pod ehr-{n}, outside a consortium of {n}")
+                    fail(where, f"replica {ordinal}: {k} has mode {mode:o}, the node needs 600")
+            copied = (config_dir / "consortium.json").read_text(encoding="utf-8")
+            if copied != config_map["data"]["consortium.json"]:
+                fail(where, f"replica {ordinal} got a consortium.json other than the ConfigMap's")
+    data = config_map.get("data", {})
+    if len(installed) == n and not any(PLACEHOLDER in v for v in data.values()):
+        check_node_configs(name_of(config_map), data["consortium.json"], installed, n, fail)
+        print(f"checked {n} installed node.toml files of real init-consortium output")
 
 
 def main():
