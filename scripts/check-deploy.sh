@@ -25,7 +25,8 @@
 # Environment: EHR_BIN (an ehr binary, for real init-consortium output), EHR_DEPLOY_K8S (the
 # directory to check, default deploy/k8s; the tests point it at mutated copies),
 # EHR_DEPLOY_OVERLAYS (default "dev production"; empty: none), EHR_DEPLOY_DOCKERFILE (default
-# deploy/Dockerfile; empty: skip it), EHR_DEPLOY_RENDERER (auto: kubectl or kustomize from PATH,
+# deploy/Dockerfile; empty: skip it), EHR_METRICS_FILE (a /metrics exposition of the node:
+# every ehr_* metric the alerts use must be in it), EHR_DEPLOY_RENDERER (auto: kubectl or kustomize from PATH,
 # else the pinned kubectl wheel; wheel: always the wheel), EHR_KUBE_VERSIONS, EHR_DEPLOY_CACHE.
 set -euo pipefail
 
@@ -185,9 +186,14 @@ $unexpected"
   done
 done
 
+metrics_args=()
+if [ -n "${EHR_METRICS_FILE:-}" ]; then
+  [ -f "$EHR_METRICS_FILE" ] || die "EHR_METRICS_FILE=$EHR_METRICS_FILE is not a file"
+  metrics_args=(--metrics "$EHR_METRICS_FILE")
+fi
 if [ "${#rendered_args[@]}" -gt 0 ]; then
   "$VENV/bin/python" "$ROOT/deploy/check/validate_rendered.py" \
-    --schemas "$ROOT/deploy/check/schemas" "${rendered_args[@]}" ||
+    --schemas "$ROOT/deploy/check/schemas" "${metrics_args[@]}" "${rendered_args[@]}" ||
     die "consortium/custom-resource checks failed (see FAIL lines above)"
 fi
 

@@ -30,6 +30,11 @@ struct Target<'a> {
 
 /// Runs the check script on `target`; returns whether it passed and its whole output.
 fn run_check(target: &Target<'_>) -> (bool, String) {
+    run_check_with(target, &[])
+}
+
+/// [`run_check`] with extra environment variables.
+fn run_check_with(target: &Target<'_>, env: &[(&str, &Path)]) -> (bool, String) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("bash");
     cmd.arg(repo().join("scripts/check-deploy.sh"))
@@ -42,6 +47,9 @@ fn run_check(target: &Target<'_>) -> (bool, String) {
         .current_dir(repo());
     if let Some(dir) = target.k8s {
         cmd.env("EHR_DEPLOY_K8S", dir);
+    }
+    for (key, value) in env {
+        cmd.env(key, value);
     }
     let Output {
         status,
@@ -262,4 +270,45 @@ fn an_init_script_installing_another_replicas_keys_is_refused() {
             "keys=\"/run/ehr-keys/node-0\"",
         );
     });
+}
+
+#[test]
+fn alerts_over_metrics_the_node_does_not_export_are_refused() {
+    // An exposition with every metric the alerts use but the view: the view-change and
+    // stalled-ledger alerts could never fire.
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let metrics = dir.path().join("metrics.txt");
+    let families = [
+        ("ehr_http_requests", "counter"),
+        ("ehr_ledger_height", "gauge"),
+        ("ehr_index_height", "gauge"),
+        ("ehr_replication_queue", "gauge"),
+        ("ehr_replication_pinned", "counter"),
+        ("ehr_replication_failures", "counter"),
+        ("ehr_auth_failures", "counter"),
+    ];
+    let text: String = families
+        .iter()
+        .map(|(name, kind)| format!("# TYPE {name} {kind}\n"))
+        .collect();
+    std::fs::write(&metrics, text).expect("write the exposition");
+    let target = Target {
+        k8s: None,
+        overlays: "production",
+        dockerfile: None,
+    };
+    let (ok, out) = run_check_with(&target, &[("EHR_METRICS_FILE", &metrics)]);
+    assert!(!ok, "alerts over a missing metric passed; output:\n{out}");
+    assert!(
+        out.contains("alerts use ehr_ledger_view, which the node's /metrics does not export"),
+        "the missing metric is not named:\n{out}"
+    );
+    assert!(
+        !out.contains("alerts use ehr_ledger_height, which"),
+        "an exported gauge was reported missing:\n{out}"
+    );
+    assert!(
+        !out.contains("alerts use ehr_auth_failures_total, which"),
+        "a counter's _total sample was not derived from its TYPE line:\n{out}"
+    );
 }

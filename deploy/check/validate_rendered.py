@@ -58,6 +58,43 @@ def name_of(doc):
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
+def exported_metric_names(text):
+    """Sample names a Prometheus/OpenMetrics exposition can carry, from its TYPE lines and samples."""
+    names = set()
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "summary": ["_sum", "_count"]}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            parts = line.split()
+            if len(parts) >= 4:
+                base = parts[2].removesuffix("_total") if parts[3] == "counter" else parts[2]
+                names.add(parts[2])
+                names.update(base + sfx for sfx in suffixes.get(parts[3], []))
+        elif line and not line.startswith("#"):
+            names.add(line.split("{")[0].split()[0])
+    return names
+
+
+def alert_metric_names(docs):
+    """The ehr_* metric names the PrometheusRule expressions select."""
+    names = set()
+
+    def visit(node):
+        if isinstance(node, promql_parser.VectorSelector) and (node.name or "").startswith("ehr_"):
+            names.add(node.name)
+        return True
+
+    for doc in docs:
+        if doc.get("kind") != "PrometheusRule":
+            continue
+        for group_doc in doc.get("spec", {}).get("groups", []):
+            for rule in group_doc.get("rules", []):
+                try:
+                    promql_parser.walk(promql_parser.parse(rule.get("expr", "")), visit)
+                except Exception:  # reported by check_custom_resources
+                    pass
+    return names
+
+
 def check_custom_resources(docs, schemas, fail):
     for doc in docs:
         api = doc.get("apiVersion", "")
@@ -276,6 +313,11 @@ def check_init_script(docs, fail):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--schemas", type=pathlib.Path, required=True)
+    parser.add_argument(
+        "--metrics",
+        type=pathlib.Path,
+        help="a /metrics exposition of the node: every ehr_* metric an alert uses must be in it",
+    )
     parser.add_argument("rendered", nargs="+", help="OVERLAY=FILE")
     args = parser.parse_args()
     failures = 0
@@ -291,6 +333,13 @@ def main():
         check_custom_resources(docs, args.schemas, fail)
         check_consortium(docs, fail)
         check_init_script(docs, fail)
+        used = alert_metric_names(docs)
+        if used:
+            print(f"{overlay}: alerts use {', '.join(sorted(used))}")
+            if args.metrics:
+                exported = exported_metric_names(args.metrics.read_text(encoding="utf-8"))
+                for name in sorted(used - exported):
+                    fail("PrometheusRule", f"alerts use {name}, which the node's /metrics does not export")
     if failures:
         print(f"{failures} consortium/custom-resource check(s) failed")
         return 1
