@@ -105,3 +105,66 @@ async fn private_network_admits_only_key_holders() {
     outsider.shutdown().await;
     a.shutdown().await;
 }
+
+/// A configured peer that is down when the node opens, and is named by DNS, is dialled again
+/// once it comes up: the node keeps its configured peers connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_peers_are_redialled_by_dns_name_until_they_come_up() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let b_config = |listen: &str| BlockstoreConfig {
+        repo: db.path().to_path_buf(),
+        identity: ehr_storage::blockstore::IdentitySource::InRepo,
+        listen: vec![listen.parse().expect("multiaddr")],
+        ..Default::default()
+    };
+    // Learn B's peer id and a free port, then take B down.
+    let b = Blockstore::open(b_config("/ip4/127.0.0.1/tcp/0"))
+        .await
+        .expect("open b");
+    let b_id = b.peer_id();
+    let port = addr_of(&b, false)
+        .await
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port");
+    let data = common::seeded(CHUNK_SIZE + 7, 9);
+    let cid = b.add_bytes(&data).await.expect("add").cid;
+    b.shutdown().await;
+
+    let bootstrap: Multiaddr = format!("/dns4/localhost/tcp/{port}/p2p/{b_id}")
+        .parse()
+        .unwrap();
+    let a = Blockstore::open(BlockstoreConfig {
+        repo: da.path().to_path_buf(),
+        identity: ehr_storage::blockstore::IdentitySource::Ephemeral,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![bootstrap],
+        ..Default::default()
+    })
+    .await
+    .expect("open a while its peer is down");
+    assert!(!a.connected_peers().await.unwrap().contains(&b_id));
+
+    let b = Blockstore::open(b_config(&format!("/ip4/127.0.0.1/tcp/{port}")))
+        .await
+        .expect("reopen b on the same port");
+    assert_eq!(b.peer_id(), b_id, "identity persisted in the repo");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !a.connected_peers().await.unwrap().contains(&b_id) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a never redialled its configured peer"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    a.fetch_and_pin(cid, &[b_id], Duration::from_secs(30))
+        .await
+        .expect("fetch from the redialled peer");
+    let got: Vec<bytes::Bytes> = a.cat(cid).try_collect().await.expect("cat");
+    assert!(got.concat() == data, "fetched bytes differ");
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -75,7 +75,9 @@ pub struct BlockstoreConfig {
     /// Swarm listen addresses: `/ip4|ip6/../tcp/..` and `/ip4|ip6/../udp/../quic-v1`. Empty
     /// means the node dials out only. Default: loopback TCP and QUIC on ephemeral ports.
     pub listen: Vec<Multiaddr>,
-    /// Peers dialled at open (each with a `/p2p/<peer id>` suffix); failures are logged.
+    /// Peers to stay connected to (each with a `/p2p/<peer id>` suffix; `/dns4|dns6|dns` names
+    /// are resolved with the system resolver at every dial): dialled at open, then redialled
+    /// with backoff whenever they are not connected.
     pub bootstrap: Vec<Multiaddr>,
     /// Optional private-network key (consortium-only swarm, TCP only; see [`PrivateNetworkKey`]).
     pub private_network: Option<PrivateNetworkKey>,

@@ -35,6 +35,7 @@
 
 pub mod config;
 pub mod dag;
+mod peers;
 mod read;
 
 use std::io;
@@ -213,12 +214,6 @@ impl Blockstore {
             .await
             .map_err(repo_err("starting the node"))?;
 
-        for addr in &cfg.bootstrap {
-            if let Err(e) = ipfs.connect(addr.clone()).await {
-                warn!(%addr, error = %e, "bootstrap peer unreachable");
-            }
-        }
-
         let mut store = Self {
             inner: Arc::new(Inner {
                 ipfs,
@@ -240,6 +235,17 @@ impl Blockstore {
                 inner.open_report = report;
             }
         }
+        // Dial the configured peers once now, then keep them connected in the background
+        // (they start in any order, restart and may change address).
+        for addr in &store.inner.config.bootstrap {
+            if let Err(e) = peers::dial(&store.inner, addr).await {
+                warn!(%addr, error = %e, "bootstrap peer unreachable; will keep redialling");
+            }
+        }
+        tokio::spawn(peers::keep_connected(
+            Arc::downgrade(&store.inner),
+            store.inner.config.bootstrap.clone(),
+        ));
         info!(peer_id = %store.inner.peer_id, "blockstore open");
         Ok(store)
     }
