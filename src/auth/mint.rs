@@ -2,14 +2,17 @@
 //! encoding of ES384/RS384 keys for `RegisterAuthKey`.
 
 use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use ed25519_dalek::{Signer as _, SigningKey};
 use ehr_ledger::tx::ParticipantId;
+use ehr_ledger::tx::{self as ledger_tx, AuthKeyMaterial};
 use rand_core::{OsRng, RngCore};
+use ring::agreement::{self, ECDH_P384, EphemeralPrivateKey};
 use ring::rand::SystemRandom;
 use ring::signature::{
     ECDSA_P384_SHA384_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, RSA_PKCS1_SHA384, RsaKeyPair,
 };
+use zeroize::Zeroizing;
 
 use super::{AuthAlg, AuthError};
 
@@ -68,9 +71,10 @@ fn es384_key(pkcs8: &[u8]) -> Result<EcdsaKeyPair, AuthError> {
     .map_err(|e| AuthError::SigningKey(format!("not a PKCS#8 P-384 ECDSA key ({e})")))
 }
 
-fn rs384_key(pkcs8: &[u8]) -> Result<RsaKeyPair, AuthError> {
-    let key = RsaKeyPair::from_pkcs8(pkcs8)
-        .map_err(|e| AuthError::SigningKey(format!("not a PKCS#8 RSA key ({e})")))?;
+fn rs384_key(der: &[u8]) -> Result<RsaKeyPair, AuthError> {
+    let key = RsaKeyPair::from_pkcs8(der)
+        .or_else(|_| RsaKeyPair::from_der(der))
+        .map_err(|e| AuthError::SigningKey(format!("not a PKCS#8 or PKCS#1 RSA key ({e})")))?;
     let bits = key.public().modulus_len() * 8;
     if !(ehr_ledger::tx::MIN_RSA_MODULUS_BITS..=ehr_ledger::tx::MAX_RSA_MODULUS_BITS)
         .contains(&bits)
@@ -99,8 +103,9 @@ pub fn mint_es384(
     Ok(finish(input, signature.as_ref()))
 }
 
-/// Mints an RS384 client assertion for `participant` with the PKCS#8 RSA private key `pkcs8`
-/// (2048..=4096 bits; its public key registered with `RegisterAuthKey`).
+/// Mints an RS384 client assertion for `participant` with the RSA private key `pkcs8` (PKCS#8,
+/// or PKCS#1 `RSAPrivateKey`, DER; 2048..=4096 bits; its public key registered with
+/// `RegisterAuthKey`).
 pub fn mint_rs384(
     pkcs8: &[u8],
     participant: &ParticipantId,
@@ -126,7 +131,8 @@ pub fn es384_public_key_der(pkcs8: &[u8]) -> Result<Vec<u8>, AuthError> {
     Ok(p384_spki_der(es384_key(pkcs8)?.public_key().as_ref()))
 }
 
-/// The DER SubjectPublicKeyInfo (for `RegisterAuthKey`) of a PKCS#8 RSA private key.
+/// The DER SubjectPublicKeyInfo (for `RegisterAuthKey`) of an RSA private key (PKCS#8 or
+/// PKCS#1 DER).
 pub fn rs384_public_key_der(pkcs8: &[u8]) -> Result<Vec<u8>, AuthError> {
     Ok(rsa_spki_der(rs384_key(pkcs8)?.public().as_ref()))
 }
@@ -178,4 +184,73 @@ pub fn rsa_spki_der(pkcs1: &[u8]) -> Vec<u8> {
     bits.push(0);
     bits.extend_from_slice(pkcs1);
     der_tlv(0x30, &[&ALG[..], &der_tlv(0x03, &bits)].concat())
+}
+
+/// Reads a private key file for the mint functions: PEM (`PRIVATE KEY` = PKCS#8, or
+/// `RSA PRIVATE KEY` = PKCS#1) or raw DER, returning the DER bytes.
+pub fn private_key_der(file: &[u8]) -> Result<Zeroizing<Vec<u8>>, AuthError> {
+    let Some(text) = std::str::from_utf8(file)
+        .ok()
+        .filter(|t| t.trim_start().starts_with("-----BEGIN "))
+    else {
+        return Ok(Zeroizing::new(file.to_vec()));
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let begin = lines.next().unwrap_or_default();
+    let label = begin
+        .strip_prefix("-----BEGIN ")
+        .and_then(|l| l.strip_suffix("-----"))
+        .ok_or_else(|| AuthError::SigningKey("PEM: malformed BEGIN line".into()))?;
+    if label != "PRIVATE KEY" && label != "RSA PRIVATE KEY" {
+        return Err(AuthError::SigningKey(format!(
+            "PEM: a {label:?} is not supported; convert it to PKCS#8 with \
+             `openssl pkcs8 -topk8 -nocrypt`"
+        )));
+    }
+    let end = format!("-----END {label}-----");
+    let mut body = Zeroizing::new(String::new());
+    let mut ended = false;
+    for line in lines {
+        if line == end {
+            ended = true;
+            break;
+        }
+        body.push_str(line);
+    }
+    if !ended {
+        return Err(AuthError::SigningKey(format!("PEM: no `{end}` line")));
+    }
+    STANDARD
+        .decode(body.as_bytes())
+        .map(Zeroizing::new)
+        .map_err(|_| AuthError::SigningKey("PEM: the body is not base64".into()))
+}
+
+/// Checks a key before it is registered with `RegisterAuthKey`, beyond the ledger's structural
+/// check ([`ehr_ledger::tx::parse_auth_key`]): a P-384 point must lie on the curve (checked by
+/// an ephemeral ECDH with it); for RSA the structural check is all the verifier needs.
+pub fn check_auth_key(alg: ledger_tx::AuthAlg, der: &[u8]) -> Result<(), AuthError> {
+    let material = ledger_tx::parse_auth_key(alg, der).map_err(|r| AuthError::Malformed {
+        part: "public_key_der",
+        reason: r.reason,
+    })?;
+    let invalid = |why: &str| AuthError::Malformed {
+        part: "public_key_der",
+        reason: why.into(),
+    };
+    match material {
+        AuthKeyMaterial::P384 { point } => {
+            let mine = EphemeralPrivateKey::generate(&ECDH_P384, &SystemRandom::new())
+                .map_err(|_| invalid("could not generate an ephemeral P-384 key"))?;
+            agreement::agree_ephemeral(
+                mine,
+                &agreement::UnparsedPublicKey::new(&ECDH_P384, point),
+                |_| (),
+            )
+            .map_err(|_| invalid("the P-384 point is not on the curve"))
+        }
+        // The ledger's structural check (odd modulus of 2048..=4096 bits, odd exponent in
+        // 3..2^33) is what ring 0.17 checks of an RS384 public key.
+        AuthKeyMaterial::Rsa { .. } => Ok(()),
+    }
 }

@@ -43,8 +43,8 @@ use serde_json::Value;
 
 pub use error::AuthError;
 pub use mint::{
-    es384_public_key_der, mint_eddsa, mint_es384, mint_rs384, p384_spki_der, rs384_public_key_der,
-    rsa_spki_der,
+    check_auth_key, es384_public_key_der, mint_eddsa, mint_es384, mint_rs384, p384_spki_der,
+    private_key_der, rs384_public_key_der, rsa_spki_der,
 };
 
 /// The longest token accepted, in bytes (an RS384 token with a 4096-bit key is about 1 KiB).

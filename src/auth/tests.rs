@@ -707,6 +707,76 @@ fn config_validation() {
     }
 }
 
+#[test]
+fn key_files_and_key_checks() {
+    let me = ParticipantId([5; 32]);
+    // PEM (PKCS#8 and PKCS#1) and DER read the same key.
+    let pem = |label: &str, der: &[u8]| {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    };
+    assert_eq!(*private_key_der(RSA_A).unwrap(), RSA_A);
+    let from_pem = private_key_der(pem("PRIVATE KEY", RSA_A).as_bytes()).unwrap();
+    assert_eq!(*from_pem, RSA_A);
+    // PKCS#8 = SEQUENCE { version, AlgorithmIdentifier, OCTET STRING { PKCS#1 } }.
+    assert_eq!(&RSA_A[22..24], &[0x04, 0x82]);
+    let pkcs1 = &RSA_A[26..];
+    assert_eq!(
+        usize::from(RSA_A[24]) << 8 | usize::from(RSA_A[25]),
+        pkcs1.len()
+    );
+    let from_pkcs1 = private_key_der(pem("RSA PRIVATE KEY", pkcs1).as_bytes()).unwrap();
+    assert_eq!(
+        rs384_public_key_der(&from_pkcs1).unwrap(),
+        rs384_public_key_der(RSA_A).unwrap()
+    );
+    let mut keys = Keys::default();
+    keys.ed.insert(me, [0; 32]);
+    keys.register(me, AuthAlg::Rs384, rs384_public_key_der(RSA_A).unwrap());
+    let t = mint_rs384(&from_pkcs1, &me, AUD, NOW, 60).unwrap();
+    verifier().verify(&t, AUD, NOW, &keys).unwrap();
+    for bad in [
+        "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n".to_string(),
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n".to_string(),
+        "-----BEGIN PRIVATE KEY-----\n!!!!\n-----END PRIVATE KEY-----\n".to_string(),
+    ] {
+        assert!(matches!(
+            private_key_der(bad.as_bytes()),
+            Err(AuthError::SigningKey(_))
+        ));
+    }
+    // Registration pre-checks: a P-384 point off the curve is refused here (the ledger checks
+    // structure only).
+    use ehr_ledger::tx::AuthAlg as KeyAlg;
+    let ec = p384_pkcs8();
+    check_auth_key(KeyAlg::Es384, &es384_public_key_der(&ec).unwrap()).unwrap();
+    let mut off_curve = vec![4u8];
+    off_curve.extend_from_slice(&[1; 96]);
+    let off = p384_spki_der(&off_curve);
+    ehr_ledger::tx::parse_auth_key(KeyAlg::Es384, &off).unwrap();
+    assert!(matches!(
+        check_auth_key(KeyAlg::Es384, &off),
+        Err(AuthError::Malformed {
+            part: "public_key_der",
+            ..
+        })
+    ));
+    check_auth_key(KeyAlg::Rs384, &rs384_public_key_der(RSA_4096).unwrap()).unwrap();
+    assert!(check_auth_key(KeyAlg::Es384, &rs384_public_key_der(RSA_A).unwrap()).is_err());
+    // A registered key off the curve never verifies anything (and does not panic).
+    keys.register(me, AuthAlg::Es384, off);
+    let t = mint_es384(&ec, &me, AUD, NOW, 60).unwrap();
+    assert_eq!(err(&t, &keys), AuthError::BadSignature { alg: "ES384" });
+}
+
 fn mutation_fails(token: &str, keys: &Keys, idx: usize, val: u8) -> Result<(), TestCaseError> {
     // The original verifies (with its own verifier, so the mutation is not judged a replay).
     verifier().verify(token, AUD, NOW, keys).unwrap();
