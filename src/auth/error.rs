@@ -84,6 +84,9 @@ pub enum AuthError {
     /// The replay cache is full of live entries, so no new token can be accepted safely.
     #[error("too many live tokens: the replay cache is full; retry in a few seconds")]
     ReplayCacheFull,
+    /// The caller holds too many live tokens (see `MAX_LIVE_JTIS_PER_PARTICIPANT`).
+    #[error("too many live tokens of this participant: slow down and retry in a few seconds")]
+    TooManyLiveTokens,
     /// A signing key given to a mint function is not a PKCS#8 key of the named algorithm.
     #[error("signing key: {0}")]
     SigningKey(String),

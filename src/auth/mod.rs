@@ -21,7 +21,12 @@
 //!   key for EdDSA (strict verification), or one of the keys it registered with
 //!   `RegisterAuthKey` for ES384/RS384;
 //! - the pair `(participant, jti)` was not accepted before; it is remembered until
-//!   `exp + skew_secs`, after which the token is expired anyway.
+//!   `exp + skew_secs`, after which the token is expired anyway. The cache is bounded
+//!   (`max_jti_cache`, and [`MAX_LIVE_JTIS_PER_PARTICIPANT`] per participant); when a bound is
+//!   reached new tokens are refused rather than live `jti`s forgotten.
+//!
+//! Each node has its own cache: a token is single-use per node, not consortium-wide, within its
+//! (at most five-minute) lifetime.
 //!
 //! The cheap checks run before the signature and the replay cache is written only after it,
 //! so forged tokens cost one signature check and cannot fill the cache.
@@ -46,6 +51,7 @@ pub use mint::{
     check_auth_key, es384_public_key_der, mint_eddsa, mint_es384, mint_rs384, p384_spki_der,
     private_key_der, rs384_public_key_der, rsa_spki_der,
 };
+pub use replay::MAX_LIVE_JTIS_PER_PARTICIPANT;
 
 /// The longest token accepted, in bytes (an RS384 token with a 4096-bit key is about 1 KiB).
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -452,7 +458,14 @@ impl Verifier {
         self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(kid, jti, forget_at, now_unix, self.cfg.max_jti_cache)?;
+            .insert(
+                kid,
+                jti,
+                forget_at,
+                now_unix,
+                self.cfg.max_jti_cache,
+                MAX_LIVE_JTIS_PER_PARTICIPANT,
+            )?;
         tracing::debug!(participant = %kid, alg = alg.jws_name(), "client assertion accepted");
         Ok(Principal {
             participant: kid,
