@@ -642,3 +642,69 @@ fn a_single_replica_with_f_zero_commits_alone() {
     );
     assert!(matches!(bad, Err(LedgerError::Config(_))));
 }
+
+/// Every message the replica sent since the last call, decoded, with its destination.
+fn sent_bodies(r: &mut Replica<KvApp>) -> Vec<(Dest, Body)> {
+    r.drain_actions()
+        .filter_map(|a| match a {
+            Action::Send { to, msg } => Some((to, msg::decode(&msg, 4 << 20).unwrap().body)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn forwards_of(sent: &[(Dest, Body)], to: Dest, t: &[u8]) -> usize {
+    sent.iter()
+        .filter(|(d, b)| {
+            *d == to && matches!(b, Body::Forward { txs } if txs.iter().any(|x| x == t))
+        })
+        .count()
+}
+
+#[test]
+fn a_lone_view_change_waits_for_a_quorum_and_keeps_relaying_client_transactions() {
+    // Replica 3 hears nobody (cut off) while one of its clients' transactions is pending.
+    let store = MemStore::new();
+    let mut r = replica(3, &store);
+    r.step(Input::Tick { now_ms: 0 }).unwrap();
+    r.step(Input::Request(tx(1))).unwrap();
+    let sent = sent_bodies(&mut r);
+    assert_eq!(
+        forwards_of(&sent, Dest::One(0), &tx(1)),
+        1,
+        "to the primary"
+    );
+    // Its timer fires: it asks for view 1...
+    r.step(Input::Tick { now_ms: 1000 }).unwrap();
+    assert_eq!((r.view(), r.is_view_active()), (1, false));
+    let mut sent = sent_bodies(&mut r);
+    // ...and goes no further, however long it waits: fewer than 2f+1 replicas asked for view
+    // 1, so the others may be working in view 0 and will come to view 1 at their next view
+    // change. Meanwhile it relays its client's transaction to every replica, repeatedly.
+    for t in (1100..=600_000).step_by(100) {
+        r.step(Input::Tick { now_ms: t }).unwrap();
+        sent.extend(sent_bodies(&mut r));
+    }
+    assert_eq!((r.view(), r.is_view_active()), (1, false));
+    assert!(
+        forwards_of(&sent, Dest::All, &tx(1)) >= 100,
+        "relayed {} times",
+        forwards_of(&sent, Dest::All, &tx(1))
+    );
+    // A client transaction submitted now goes to every replica at once.
+    r.step(Input::Request(tx(2))).unwrap();
+    assert_eq!(forwards_of(&sent_bodies(&mut r), Dest::All, &tx(2)), 1);
+    // Two more replicas ask for view 1 (its primary, replica 1, stays silent): now the timer
+    // runs, and without a new view the replica moves on to view 2.
+    for from in [0, 2] {
+        let (m, _) = view_change(from, 1, vec![], &r);
+        r.step(Input::Peer { from, msg: m }).unwrap();
+    }
+    assert_eq!(r.view(), 1);
+    // The second view change's timeout: twice the base.
+    r.step(Input::Tick {
+        now_ms: 600_000 + 2 * 1000,
+    })
+    .unwrap();
+    assert_eq!((r.view(), r.is_view_active()), (2, false));
+}

@@ -750,10 +750,10 @@ impl<A: App> Replica<A> {
         self.add_pending(id, tx.clone());
         if self.is_primary() && self.active {
             self.try_propose();
-        } else if self.active {
-            let primary = self.cfg.primary(self.view);
+        } else {
+            let to = self.forward_dest();
             let (m, _) = self.sign(Body::Forward { txs: vec![tx] }, None);
-            self.send(Dest::One(primary), m);
+            self.send(to, m);
         }
         self.arm_timer();
         Ok(())
@@ -792,6 +792,9 @@ impl<A: App> Replica<A> {
         if self.is_primary() && self.active {
             self.try_propose();
         }
+        // A backup holding a relayed transaction starts its timer, as for a client's own
+        // (Castro–Liskov): if the primary does not order it, the primary is replaced.
+        self.arm_timer();
         if bad > 0 {
             return Err(LedgerError::InvalidProposal(format!(
                 "forward from {from}: {bad} transactions refused by the application"
@@ -1497,6 +1500,7 @@ impl<A: App> Replica<A> {
             }));
         }
         self.persist(Record::Prune { through: h });
+        let previous_low = self.low;
         self.low = h;
         self.stable = cert;
         self.stable_header = Some(header);
@@ -1504,7 +1508,10 @@ impl<A: App> Replica<A> {
         self.log = self.log.split_off(&(h + 1));
         self.prepared = self.prepared.split_off(&(h + 1));
         self.my_votes.retain(|(_, height), _| *height > h);
-        self.blocks = self.blocks.split_off(&(h + 1));
+        // Executed blocks of the last checkpoint interval stay in memory, so a peer that is a
+        // little behind the new checkpoint is sent blocks (and replies to its clients for the
+        // transactions in them) rather than a snapshot (which skips those replies).
+        self.blocks = self.blocks.split_off(&(previous_low.min(h) + 1));
         self.own_checkpoints = self.own_checkpoints.split_off(&(h + 1));
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(h + 1));
         self.next_height = self.next_height.max(h + 1);
@@ -1517,8 +1524,8 @@ impl<A: App> Replica<A> {
         self.now = self.now.max(now);
         if self.arm_vc_on_tick {
             self.arm_vc_on_tick = false;
-            self.vc_deadline = Some(self.now + self.vc_timeout());
             self.last_progress = self.now;
+            self.arm_view_change_timer();
         }
         if let Some(d) = self.vc_deadline
             && self.now >= d
@@ -1562,6 +1569,9 @@ impl<A: App> Replica<A> {
             if let Some(m) = self.my_vc_msg.clone() {
                 self.send(Dest::All, m);
             }
+            // Keep relaying this replica's clients' transactions while it cannot order them
+            // (the others may be working in a lower view it cannot return to).
+            self.forward_local();
         } else {
             let msgs: Vec<Vec<u8>> = self
                 .log
@@ -1587,12 +1597,31 @@ impl<A: App> Replica<A> {
         self.request_state();
     }
 
-    /// Forwards this replica's own pending transactions to the primary.
+    /// Where a client transaction submitted here goes: the primary in normal operation; every
+    /// replica while this one is changing view. A replica changing view does not know which
+    /// view (if any) the others work in: they may be in a lower view it can no longer enter
+    /// (it has asked for a higher one), so it relays like a PBFT client whose request timed
+    /// out, which broadcasts it to every replica. The primary orders it; backups hold it as
+    /// pending and start their timers, so a primary that ignores it is replaced. The replica
+    /// learns of the commit through commit votes and state transfer (certified blocks, valid
+    /// in any view) and replies to its client.
+    fn forward_dest(&self) -> Dest {
+        if self.active {
+            Dest::One(self.cfg.primary(self.view))
+        } else {
+            Dest::All
+        }
+    }
+
+    /// Forwards this replica's own pending transactions (see [`Self::forward_dest`]).
     fn forward_local(&mut self) {
-        let primary = self.cfg.primary(self.view);
+        let to = self.forward_dest();
+        // In submission order: a client's transactions may depend on each other's order
+        // (nonces), and the receiving primary proposes in the order it receives them.
         let txs: Vec<Vec<u8>> = self
-            .local
-            .iter()
+            .pending
+            .values()
+            .filter(|id| self.local.contains(*id))
             .filter_map(|id| self.pending_by_id.get(id).map(|p| p.bytes.clone()))
             .collect();
         for chunk in txs.chunks(self.cfg.max_batch_txs) {
@@ -1602,7 +1631,7 @@ impl<A: App> Replica<A> {
                 },
                 None,
             );
-            self.send(Dest::One(primary), m);
+            self.send(to, m);
         }
     }
 

@@ -53,7 +53,14 @@ impl<A: App> Replica<A> {
             blocks: Vec::new(),
         };
         let mut start = have + 1;
-        if have < self.low {
+        // Blocks when this replica still holds every one after `have` (the last checkpoint
+        // interval is kept; held blocks are consecutive up to the last executed one), a
+        // checkpoint and snapshot otherwise.
+        let have_blocks = self
+            .blocks
+            .first_key_value()
+            .is_some_and(|(first, _)| *first <= have + 1);
+        if have < self.low && !have_blocks {
             match (&self.stable_header, &self.stable_snapshot) {
                 (Some(h), Some(s)) => {
                     resp.checkpoint = Some((self.stable.clone(), h.clone(), s.clone()));

@@ -32,7 +32,9 @@ impl<A: App> Replica<A> {
         self.view = view;
         self.active = false;
         self.vc_attempts = self.vc_attempts.saturating_add(1);
-        self.vc_deadline = Some(self.now + self.vc_timeout());
+        // The timer for the *next* view change starts only once a quorum has joined this one
+        // (see `arm_view_change_timer`).
+        self.vc_deadline = None;
         self.batch_since = None;
         self.requeue_in_flight();
         self.persist(Record::View {
@@ -40,7 +42,34 @@ impl<A: App> Replica<A> {
             active: false,
         });
         self.resend_view_change();
+        self.arm_view_change_timer();
         self.check_new_view_quorum();
+    }
+
+    /// While changing view, starts the timer that moves on to the next view, but only once
+    /// 2f+1 replicas (this one included) have asked for this view or a higher one
+    /// (Castro–Liskov, OSDI'99 §4.5.2: "a replica that multicasts a view-change message for
+    /// view v+1 waits for 2f+1 view-change messages for view v+1 and then starts its timer").
+    ///
+    /// Without this rule a replica cut off from the others runs up views alone, each with a
+    /// doubled timeout, and when the partition heals it sits far above the view the others
+    /// work in: they never join it (fewer than f+1 replicas ask for it) and it cannot go back
+    /// (its view change for the higher view may still be used in a new view). With the rule it
+    /// stops at the view after the one the others work in, which is exactly where they go at
+    /// their next view change, so it rejoins at the first one.
+    pub(super) fn arm_view_change_timer(&mut self) {
+        if self.active || self.vc_deadline.is_some() || self.arm_vc_on_tick {
+            return;
+        }
+        let view = self.view;
+        let joined = self
+            .latest_vc
+            .values()
+            .filter(|s| s.vc.new_view >= view)
+            .count();
+        if joined >= self.cfg.quorum() {
+            self.vc_deadline = Some(self.now + self.vc_timeout());
+        }
     }
 
     /// Builds, signs and sends this replica's view change for the current (inactive) view.
@@ -99,6 +128,7 @@ impl<A: App> Replica<A> {
                 self.start_view_change(target);
             }
         }
+        self.arm_view_change_timer();
         self.check_new_view_quorum();
         Ok(())
     }
