@@ -231,6 +231,10 @@ pub fn mutation() -> impl Strategy<Value = Mutation> {
 fn read_varint(b: &[u8], at: usize) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (k, byte) in b.get(at..)?.iter().take(10).enumerate() {
+        if k == 9 && *byte > 1 {
+            // More than 64 bits: not a u64 varint.
+            return None;
+        }
         v |= u64::from(byte & 0x7f) << (7 * k as u32);
         if byte & 0x80 == 0 {
             return Some((v, k + 1));
