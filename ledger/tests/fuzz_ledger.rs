@@ -214,6 +214,33 @@ fn message_corpus() -> Vec<(String, Vec<u8>)> {
             out.push((format!("{name}-{k}.bin"), msgs[i].clone()));
         }
     }
+    // Kinds this run does not send: a new-view fetch, and a stable checkpoint certificate
+    // (taken from a state-transfer answer), signed by replica 2.
+    let signer = InsecureTestSigner::new(2);
+    let fetch = msg::Body::FetchNewView { view: 1 };
+    out.push((
+        "fetch-new-view-0.bin".into(),
+        msg::encode(CHAIN, EPOCH, 2, fetch, None, &signer).0,
+    ));
+    let cert = harvest().sent["state-response"].iter().find_map(|m| {
+        match msg::decode(m, MAX_MSG).ok()?.body {
+            msg::Body::StateResponse(r) => r.checkpoint.map(|(c, _, _)| c),
+            _ => None,
+        }
+    });
+    let cert = cert.expect("a state-transfer answer carries a checkpoint");
+    out.push((
+        "stable-checkpoint-0.bin".into(),
+        msg::encode(
+            CHAIN,
+            EPOCH,
+            2,
+            msg::Body::StableCheckpoint(cert),
+            None,
+            &signer,
+        )
+        .0,
+    ));
     out
 }
 

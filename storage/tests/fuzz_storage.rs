@@ -248,7 +248,7 @@ fn mutated_car_import() {
         .block_on(Blockstore::open(common::offline(dir.path())))
         .unwrap();
     let corpus = seeds("storage_car");
-    let mut config = mutate::config(512);
+    let mut config = mutate::config(2048);
     // Driven by hand (the store is shared by all cases): failures are reported, not persisted.
     config.failure_persistence = None;
     let mut runner = TestRunner::new(config);
