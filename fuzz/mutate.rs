@@ -105,8 +105,9 @@ pub fn regressions(target: &str) -> Vec<(String, Vec<u8>)> {
 }
 
 /// Writes `entries` as the corpus of `target` when [`regenerate`] is set (replacing the old
-/// files); otherwise checks that every entry is committed byte for byte and returns whether
-/// anything differed (the caller decides whether a difference is an error).
+/// files); otherwise returns the names of the entries that are not committed byte for byte
+/// (the caller decides whether a difference is an error: encoders that draw randomness never
+/// reproduce the committed bytes).
 pub fn sync_corpus(target: &str, entries: &[(&str, Vec<u8>)]) -> Vec<String> {
     let dir = corpus_dir(target);
     if regenerate() {

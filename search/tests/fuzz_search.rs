@@ -468,10 +468,10 @@ proptest! {
             && let Ok(secret) = abe::unwrap(&w.user, &wk, AAD)
         {
             prop_assert_eq!(&secret[..], SECRET);
-                prop_assert!(
-                    w.wrapped.iter().any(|(_, k)| k.to_bytes() == input),
-                    "a mutated wrapped key opened"
-                );
+            prop_assert!(
+                w.wrapped.iter().any(|(_, k)| k.to_bytes() == input),
+                "a mutated wrapped key opened"
+            );
         }
     }
 
@@ -484,11 +484,11 @@ proptest! {
         if let Ok(c) = Capsule::from_bytes(&input)
             && let Ok(state) = c.open(&w.user)
         {
-                prop_assert_eq!(&state.to_bytes()[..], &w.owner.state().to_bytes()[..]);
-                prop_assert!(
-                    w.capsules.iter().any(|k| k.to_bytes() == input),
-                    "a mutated capsule opened"
-                );
+            prop_assert_eq!(&state.to_bytes()[..], &w.owner.state().to_bytes()[..]);
+            prop_assert!(
+                w.capsules.iter().any(|k| k.to_bytes() == input),
+                "a mutated capsule opened"
+            );
         }
     }
 
