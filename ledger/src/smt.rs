@@ -380,7 +380,8 @@ impl SmtProof {
         postcard::to_stdvec(self).expect("invariant: postcard serialises an in-memory proof")
     }
 
-    /// Decodes a proof; refuses trailing bytes and paths longer than 256.
+    /// Decodes a proof; refuses trailing bytes, paths longer than 256 and non-canonical
+    /// encodings (postcard itself accepts over-long varints).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StateError> {
         if bytes.len() > 16 + 257 * 33 + 80 {
             return Err(StateError::Malformed("proof: too long".into()));
@@ -390,6 +391,11 @@ impl SmtProof {
         if !rest.is_empty() || p.siblings.len() > 256 {
             return Err(StateError::Malformed(
                 "proof: trailing bytes or path too long".into(),
+            ));
+        }
+        if p.to_bytes() != bytes {
+            return Err(StateError::Malformed(
+                "proof: not the canonical encoding".into(),
             ));
         }
         Ok(p)

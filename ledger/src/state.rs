@@ -1667,6 +1667,14 @@ impl LedgerState {
             st.auth_keys.insert(id, keys);
         }
         st.flush();
+        // Canonical encoding only: every list sorted by key, each entry once. A repeated entry
+        // keeps the state root (the maps keep the last copy) but would leave stale entries in
+        // the secondary indexes (`grants_by_record` authorises reads).
+        if st.snapshot() != snapshot {
+            return Err(StateError::Malformed(
+                "snapshot: not the canonical encoding (entries repeated or out of order)".into(),
+            ));
+        }
         Ok(st)
     }
 }

@@ -390,9 +390,20 @@ impl<'c> Walker<'c> {
         param: &TokenParam,
         at: &str,
     ) -> Result<(), FhirError> {
-        if let Some(text) = string_field(obj, key, at)?
-            && let Some(norm) = normalize_text(text)
+        let Some(text) = string_field(obj, key, at)? else {
+            return Ok(());
+        };
+        // A FHIR string holds no character below U+0020 but tab, CR and LF.
+        if text
+            .chars()
+            .any(|c| c < ' ' && !matches!(c, '\t' | '\r' | '\n'))
         {
+            return Err(FhirError::InvalidValue {
+                at: format!("{at}.{key}"),
+                reason: "contains a control character",
+            });
+        }
+        if let Some(norm) = normalize_text(text) {
             self.add(&param.text_field, norm)?;
         }
         Ok(())
