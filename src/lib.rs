@@ -3,5 +3,7 @@
 //! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
 
 pub mod cli;
+pub mod config;
+pub mod consortium;
 pub mod fhir;
 pub mod ledger_net;
