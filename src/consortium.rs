@@ -476,7 +476,11 @@ pub fn init_consortium(opts: &InitOptions) -> Result<InitReport, ConfigError> {
             reason: format!("must be within 1..={n}"),
         });
     }
-    if !opts.host_pattern.contains("{i}") && n > 1 {
+    let loopback = opts
+        .host_pattern
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback());
+    if !opts.host_pattern.contains("{i}") && n > 1 && !loopback {
         return Err(ConfigError::Invalid {
             key: "--host-pattern".into(),
             reason: "must contain {i} (each node needs its own host)".into(),

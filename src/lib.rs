@@ -7,5 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod consortium;
 pub mod fhir;
+pub mod http;
 pub mod keywrap;
 pub mod ledger_net;
+pub mod node;

@@ -1,6 +1,6 @@
 //! The `ehr` command line: argument parsing and dispatch. Each area lives in its own module.
 
-mod dev;
+pub mod dev;
 mod init;
 mod ipfs;
 mod node;
@@ -51,7 +51,7 @@ fn init_logging(format: LogFormat) {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a node on an embedded single-machine default (data under ./data, loopback ports).
+    /// Run an embedded 4-replica consortium on 127.0.0.1 (state under ./ehr-dev).
     Dev(dev::DevArgs),
     /// Work with the local IPFS repository: add files, read them back, pin, export CARs.
     #[command(subcommand)]
