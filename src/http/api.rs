@@ -1104,9 +1104,12 @@ pub async fn fhir_post_type(
     Path(t): Path<String>,
     req: Request,
 ) -> R {
-    FHIR_ERRORS
-        .scope(true, fhir_upload(&ctx, &p, req, Some(t)))
-        .await
+    let r = FHIR_ERRORS
+        .scope(true, async {
+            fhir_upload(&ctx, &p, req, Some(t)).await.into_response()
+        })
+        .await;
+    Ok(r)
 }
 
 /// `POST /fhir`.
@@ -1115,9 +1118,12 @@ pub async fn fhir_post_bundle(
     Extension(p): Extension<Principal>,
     req: Request,
 ) -> R {
-    FHIR_ERRORS
-        .scope(true, fhir_upload(&ctx, &p, req, None))
-        .await
+    let r = FHIR_ERRORS
+        .scope(true, async {
+            fhir_upload(&ctx, &p, req, None).await.into_response()
+        })
+        .await;
+    Ok(r)
 }
 
 /// `GET /fhir/metadata`.
