@@ -226,3 +226,77 @@ async fn upload_search_read_grant_revoke_across_nodes() {
 
     net.dev.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn presealed_upload_is_searchable_and_readable_without_the_node_seeing_plaintext() {
+    let net = Net::start().await;
+    let researcher = net.who("researcher.json");
+    let hospital = net.who("hospital-0.json");
+    let ctx = net.dev.nodes[0].ctx().clone();
+    let cap = ctx.capsule.id;
+
+    // Client side: seal, compute the CID, wrap the key, derive the keyword key.
+    let plaintext = b"%PDF-1.7 a scanned discharge letter".repeat(100);
+    let key = DataKey::generate().unwrap();
+    let sealed =
+        ehr_storage::seal::seal(&key, &SealContext::new(cap.to_vec()), &plaintext).unwrap();
+    let cid = ehr_storage::blockstore::Blockstore::only_hash(&sealed[..])
+        .await
+        .unwrap();
+    let aad = ehr::node::upload::record_key_aad(&cap, &cid.to_bytes());
+    let wrapped = ehr_search::abe::wrap(
+        &ctx.consortium.abe_params,
+        &ctx.capsule.policy,
+        key.expose_secret(),
+        &aad,
+        &mut rand::rngs::OsRng,
+    )
+    .unwrap()
+    .to_bytes();
+    let kw = Keyword::code("http://loinc.org|18842-5").unwrap();
+    let kk = ctx.capsule.epoch_key.keyword_key(&kw).to_bytes();
+
+    let client = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        client
+            .post(net.url(0, "/v1/records"))
+            .bearer_auth(hospital.token())
+            .header("content-type", "application/vnd.ehr.sealed")
+            .header("ehr-capsule", hex::encode(cap))
+            .header("ehr-wrapped-key", B64.encode(&wrapped))
+            .header("ehr-keyword-keys", B64.encode(&kk[..]))
+            .body(body)
+            .send()
+    };
+    // Not an envelope: refused.
+    let r = post(b"plain text, not sealed".to_vec()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(sealed.clone()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["records"][0]["cid"], cid.to_string());
+    net.settle().await;
+
+    let opened = net.open_capsules(1, &researcher).await;
+    let s = net.search(1, &researcher, &opened, &kw).await;
+    assert_eq!(s.json()["hits"][0]["cid"], cid.to_string());
+    let r = send(
+        Method::GET,
+        net.url(2, &format!("/v1/records/{cid}")),
+        Some(&researcher),
+        None,
+        vec![],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let wk = WrappedKey::from_bytes(&B64.decode(r.header("ehr-wrapped-key")).unwrap()).unwrap();
+    let raw = ehr_search::abe::unwrap(researcher.abe.as_ref().unwrap(), &wk, &aad).unwrap();
+    let got = ehr_storage::seal::open(
+        &DataKey::from_slice(&raw).unwrap(),
+        &SealContext::new(cap.to_vec()),
+        &r.body,
+    )
+    .unwrap();
+    assert_eq!(&got[..], &plaintext[..]);
+    net.dev.shutdown().await;
+}

@@ -199,23 +199,42 @@ fn fhir_records(body: &[u8], format: InputFormat) -> Result<Vec<FhirDoc>, Proble
         .collect()
 }
 
+/// Uploads each document as a record. Each upload runs in its own task, so a client that
+/// disconnects (or a request timeout) cannot cancel one between its blockstore add and its
+/// registration: it completes, or fails and unpins.
 async fn upload_fhir_docs(
-    ctx: &NodeCtx,
+    ctx: &Arc<NodeCtx>,
     docs: Vec<FhirDoc>,
     capsule: [u8; 32],
     patient: Option<ParticipantId>,
 ) -> Result<Vec<Uploaded>, Problem> {
-    let futs = docs.into_iter().map(|(bytes, kws)| {
-        let keywords = search_keywords(&kws);
-        drop(kws);
-        ctx.upload_plain(bytes, keywords, capsule, patient)
-    });
-    let results = futures::future::join_all(futs).await;
+    let tasks: Vec<_> = docs
+        .into_iter()
+        .map(|(bytes, kws)| {
+            let keywords = search_keywords(&kws);
+            drop(kws);
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.upload_plain(bytes, keywords, capsule, patient).await })
+        })
+        .collect();
+    let results = futures::future::join_all(tasks).await;
     let mut out = Vec::with_capacity(results.len());
     for r in results {
+        let r = r.map_err(|e| Problem::from(OpError::Internal(e.to_string())))?;
         out.push(r.map_err(Problem::from)?);
     }
     Ok(out)
+}
+
+/// Runs one upload in its own task (see [`upload_fhir_docs`]).
+async fn detached<F>(f: F) -> Result<Uploaded, Problem>
+where
+    F: std::future::Future<Output = Result<Uploaded, OpError>> + Send + 'static,
+{
+    tokio::spawn(f)
+        .await
+        .map_err(|e| Problem::from(OpError::Internal(e.to_string())))?
+        .map_err(Problem::from)
 }
 
 fn content_type(headers: &HeaderMap) -> String {
@@ -294,10 +313,11 @@ pub async fn post_records(
             })?;
             keys.push(zeroize::Zeroizing::new(arr));
         }
+        let c = ctx.clone();
+        let body = body.to_vec();
         vec![
-            ctx.upload_sealed(body.to_vec(), wrapped, keys, capsule, patient)
-                .await
-                .map_err(Problem::from)?,
+            detached(async move { c.upload_sealed(body, wrapped, keys, capsule, patient).await })
+                .await?,
         ]
     } else if ctype.is_empty() {
         return Err(Problem::field("content-type", "header missing")
@@ -310,10 +330,11 @@ pub async fn post_records(
         .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     } else {
         // A binary record: sealed, no keywords.
+        let c = ctx.clone();
+        let body = body.to_vec();
         vec![
-            ctx.upload_plain(body.to_vec(), Vec::new(), capsule, patient)
-                .await
-                .map_err(Problem::from)?,
+            detached(async move { c.upload_plain(body, Vec::new(), capsule, patient).await })
+                .await?,
         ]
     };
     Ok(created(json!({
@@ -1044,7 +1065,12 @@ pub async fn ledger_block(
 // FHIR flavour
 // ---------------------------------------------------------------------------------------------
 
-async fn fhir_upload(ctx: &NodeCtx, p: &Principal, req: Request, want_type: Option<String>) -> R {
+async fn fhir_upload(
+    ctx: &Arc<NodeCtx>,
+    p: &Principal,
+    req: Request,
+    want_type: Option<String>,
+) -> R {
     must_be_hospital(ctx, p)?;
     let capsule = ctx.resolve_capsule(None).map_err(Problem::from)?;
     let ctype = content_type(req.headers());

@@ -622,7 +622,16 @@ impl Node {
         let store = ctx.blockstore.clone();
         drop(ctx);
         if let Some(f) = follower {
-            let _ = tokio::task::spawn_blocking(move || f.join()).await;
+            // The follower ends when the last holder of the shared state is gone; uploads
+            // still finishing in detached tasks may hold it a little longer.
+            let joined = tokio::time::timeout(
+                Duration::from_secs(10),
+                tokio::task::spawn_blocking(move || f.join()),
+            )
+            .await;
+            if joined.is_err() {
+                tracing::warn!("the index follower did not stop within 10 s; leaving it");
+            }
         }
         store.shutdown().await;
     }
