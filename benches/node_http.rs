@@ -137,7 +137,7 @@ fn main() {
             (0..4).map(|h| (net.who(&format!("hospital-{h}.json")), net.url(h, "/v1/records"))).collect(),
         );
         // ~5 KB resources.
-        let filler: Arc<String> = Arc::new((0..700).map(|i| format!("w{} ", i % 97)).collect::<String>().chars().take(4800).collect());
+        let filler: Arc<String> = Arc::new((0..2000).map(|i| format!("w{} ", i % 97)).collect::<String>().chars().take(4800).collect());
         let size = observation(0, &filler).len();
 
         // Throughput.
