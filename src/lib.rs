@@ -3,5 +3,6 @@
 //! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
 
 pub mod cli;
+pub mod client;
 pub mod fhir;
 pub mod ledger_net;
