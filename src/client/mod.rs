@@ -4,12 +4,15 @@
 //! proofs). Secret attribute keys and signing keys never leave this module except as
 //! signatures, tokens and trapdoors.
 
+pub mod api;
 pub mod consortium;
 pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod identity;
 pub mod problem;
+pub mod proof;
+pub mod record;
 pub mod token;
 
 pub use consortium::Consortium;
