@@ -2,7 +2,9 @@
 //! driver and the wiring of storage, search and ledger. The binary in `main.rs` only calls
 //! [`cli::main`]; everything lives in this library so end-to-end tests and benches can use it.
 
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod fhir;
+pub mod keywrap;
 pub mod ledger_net;

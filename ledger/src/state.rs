@@ -20,6 +20,8 @@
 //! | `Revoke` | the grantor, the record's owner or patient | grant active |
 //! | `Supersede` | the owner of both records | both active |
 //! | `RecordAccess` | a validator or hospital node | record and accessor exist; the ledger records on what basis (or none) the access was authorised |
+//! | `RegisterAuthKey` | anyone, for itself | DER structure of the named key type; not registered by anyone; at most [`MAX_AUTH_KEYS_PER_PARTICIPANT`] |
+//! | `RevokeAuthKey` | anyone, for itself | the key is registered to the sender |
 //!
 //! # Time
 //!
@@ -57,8 +59,8 @@ use crate::error::StateError;
 use crate::policy::Policy;
 use crate::smt::{Smt, SmtProof, value_hash};
 use crate::tx::{
-    CapsuleId, Cid, GrantId, ParticipantId, Purpose, Role, Scope, SignedTx, TxKind, codes, reject,
-    tx_id,
+    AuthAlg, CapsuleId, Cid, GrantId, ParticipantId, Purpose, Role, Scope, SignedTx, TxKind,
+    auth_key_hash, codes, reject, tx_id,
 };
 
 /// How far ahead of a sender's next nonce `check_tx` accepts a transaction (so a client can
@@ -66,10 +68,14 @@ use crate::tx::{
 pub const CHECK_NONCE_WINDOW: u64 = 64;
 /// The most attributes (including expired, not yet revoked ones) one participant may hold.
 pub const MAX_ATTRIBUTES_PER_PARTICIPANT: usize = 256;
+/// The most authentication keys (ES384/RS384) one participant may have registered at once.
+pub const MAX_AUTH_KEYS_PER_PARTICIPANT: usize = 4;
 /// How many strictly verified transaction ids `check_tx` remembers for `apply_block`.
 const SIG_CACHE_CAPACITY: usize = 1 << 16;
 /// Snapshot format magic and version.
-const SNAPSHOT_MAGIC: &[u8] = b"EHRSNAP\x01";
+const SNAPSHOT_MAGIC: &[u8] = b"EHRSNAP\x02";
+/// The previous snapshot format (no authentication keys), still read.
+const SNAPSHOT_MAGIC_V1: &[u8] = b"EHRSNAP\x01";
 /// Domain separator of state keys.
 const STATE_KEY_DOMAIN: &[u8] = b"ehr-ledger/state-key/v1\0";
 
@@ -115,6 +121,19 @@ pub struct KeyUse {
     pub participant: ParticipantId,
     /// Whether it is the participant's current key (false once rotated away).
     pub current: bool,
+}
+
+/// An authentication key a participant registered for API client assertions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthKey {
+    /// Its algorithm.
+    pub alg: AuthAlg,
+    /// The public key as DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+    /// Its hash ([`crate::tx::auth_key_hash`]), which names it in `RevokeAuthKey`.
+    pub key_hash: Hash,
+    /// When it was registered.
+    pub registered_at: u64,
 }
 
 /// A published capsule: a policy and its search key wrapped under it.
@@ -292,6 +311,9 @@ pub enum StateKey {
     Grant(GrantId),
     /// An [`AuditEntry`] by sequence number.
     Audit(u64),
+    /// A participant's registered authentication keys (`Vec<AuthKey>`, oldest first; absent
+    /// when none).
+    AuthKeys(ParticipantId),
 }
 
 impl StateKey {
@@ -453,6 +475,13 @@ struct SnapshotV1 {
     audit: Vec<AuditEntry>,
 }
 
+/// Snapshot format 2: format 1 plus the authentication keys.
+#[derive(Serialize, Deserialize)]
+struct SnapshotV2 {
+    v1: SnapshotV1,
+    auth_keys: Vec<(ParticipantId, Vec<AuthKey>)>,
+}
+
 /// The ledger's application state. Deterministic: ordered maps only, no clock, no randomness.
 pub struct LedgerState {
     meta: Meta,
@@ -464,7 +493,9 @@ pub struct LedgerState {
     records: BTreeMap<Cid, Record>,
     grants: BTreeMap<GrantId, Grant>,
     audit: BTreeMap<u64, AuditEntry>,
+    auth_keys: BTreeMap<ParticipantId, Vec<AuthKey>>,
     // Derived (rebuilt on restore).
+    auth_key_owner: BTreeMap<Hash, ParticipantId>,
     policies: BTreeMap<CapsuleId, Policy>,
     grants_by_record: BTreeMap<Cid, BTreeSet<GrantId>>,
     grants_by_grantee: BTreeMap<ParticipantId, BTreeSet<GrantId>>,
@@ -510,6 +541,8 @@ impl LedgerState {
             records: BTreeMap::new(),
             grants: BTreeMap::new(),
             audit: BTreeMap::new(),
+            auth_keys: BTreeMap::new(),
+            auth_key_owner: BTreeMap::new(),
             policies: BTreeMap::new(),
             grants_by_record: BTreeMap::new(),
             grants_by_grantee: BTreeMap::new(),
@@ -699,6 +732,25 @@ impl LedgerState {
             .get(grantee)
             .map(|ids| ids.iter().filter_map(|g| self.grants.get(g)).collect())
             .unwrap_or_default()
+    }
+
+    /// A participant's registered authentication keys (algorithm and DER
+    /// SubjectPublicKeyInfo), oldest first.
+    pub fn auth_keys(&self, id: &ParticipantId) -> Vec<(AuthAlg, Vec<u8>)> {
+        self.auth_key_entries(id)
+            .iter()
+            .map(|k| (k.alg, k.public_key_der.clone()))
+            .collect()
+    }
+
+    /// A participant's registered authentication keys with their metadata, oldest first.
+    pub fn auth_key_entries(&self, id: &ParticipantId) -> &[AuthKey] {
+        self.auth_keys.get(id).map_or(&[], Vec::as_slice)
+    }
+
+    /// The participant an authentication key (by hash) is registered to, if any.
+    pub fn auth_key_owner(&self, key_hash: &Hash) -> Option<ParticipantId> {
+        self.auth_key_owner.get(key_hash).copied()
     }
 
     /// The audit log of a record, oldest first.
@@ -1140,6 +1192,44 @@ impl LedgerState {
                 self.existing_participant(accessor, "accessor")?;
                 Ok(())
             }
+            TxKind::RegisterAuthKey { public_key_der, .. } => {
+                let hash = auth_key_hash(public_key_der);
+                match self.auth_key_owner.get(&hash) {
+                    Some(owner) if *owner == sender.id => {
+                        return Err(reject(
+                            codes::DUPLICATE,
+                            "public_key_der: already registered to the sender",
+                        ));
+                    }
+                    Some(_) => {
+                        return Err(reject(
+                            codes::KEY_IN_USE,
+                            "public_key_der: registered to another participant",
+                        ));
+                    }
+                    None => {}
+                }
+                let held = self.auth_key_entries(&sender.id).len();
+                if held >= MAX_AUTH_KEYS_PER_PARTICIPANT {
+                    return Err(reject(
+                        codes::LIMIT_EXCEEDED,
+                        format!(
+                            "public_key_der: the sender already has {held} authentication keys \
+                             (at most {MAX_AUTH_KEYS_PER_PARTICIPANT}); revoke one first"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            TxKind::RevokeAuthKey { key_hash } => {
+                if self.auth_key_owner.get(key_hash) != Some(&sender.id) {
+                    return Err(reject(
+                        codes::UNKNOWN_AUTH_KEY,
+                        "key_hash: no such authentication key of the sender",
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -1416,6 +1506,32 @@ impl LedgerState {
                 );
                 self.dirty.insert(StateKey::Audit(seq));
             }
+            TxKind::RegisterAuthKey {
+                alg,
+                public_key_der,
+            } => {
+                let key_hash = auth_key_hash(&public_key_der);
+                self.auth_key_owner.insert(key_hash, sender);
+                self.auth_keys.entry(sender).or_default().push(AuthKey {
+                    alg,
+                    public_key_der,
+                    key_hash,
+                    registered_at: height,
+                });
+                self.dirty.insert(StateKey::AuthKeys(sender));
+            }
+            TxKind::RevokeAuthKey { key_hash } => {
+                self.auth_key_owner.remove(&key_hash);
+                let keys = self
+                    .auth_keys
+                    .get_mut(&sender)
+                    .expect("invariant: a validated revoked auth key's owner has keys");
+                keys.retain(|k| k.key_hash != key_hash);
+                if keys.is_empty() {
+                    self.auth_keys.remove(&sender);
+                }
+                self.dirty.insert(StateKey::AuthKeys(sender));
+            }
         }
     }
 
@@ -1446,6 +1562,7 @@ impl LedgerState {
             StateKey::Record(cid) => self.records.get(cid).map(Self::encode),
             StateKey::Grant(id) => self.grants.get(id).map(Self::encode),
             StateKey::Audit(seq) => self.audit.get(seq).map(Self::encode),
+            StateKey::AuthKeys(id) => self.auth_keys.get(id).map(Self::encode),
         }
     }
 
@@ -1461,14 +1578,27 @@ impl LedgerState {
     }
 
     fn from_snapshot(snapshot: &[u8]) -> Result<Self, StateError> {
-        let body = snapshot
-            .strip_prefix(SNAPSHOT_MAGIC)
-            .ok_or_else(|| StateError::Malformed("snapshot: unknown magic or version".into()))?;
-        let (s, rest): (SnapshotV1, _) = postcard::take_from_bytes(body)
-            .map_err(|e| StateError::Malformed(format!("snapshot: {e}")))?;
-        if !rest.is_empty() {
-            return Err(StateError::Malformed("snapshot: trailing bytes".into()));
+        fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, StateError> {
+            let (s, rest): (T, _) = postcard::take_from_bytes(body)
+                .map_err(|e| StateError::Malformed(format!("snapshot: {e}")))?;
+            if !rest.is_empty() {
+                return Err(StateError::Malformed("snapshot: trailing bytes".into()));
+            }
+            Ok(s)
         }
+        let s2: SnapshotV2 = if let Some(body) = snapshot.strip_prefix(SNAPSHOT_MAGIC) {
+            decode(body)?
+        } else if let Some(body) = snapshot.strip_prefix(SNAPSHOT_MAGIC_V1) {
+            SnapshotV2 {
+                v1: decode(body)?,
+                auth_keys: Vec::new(),
+            }
+        } else {
+            return Err(StateError::Malformed(
+                "snapshot: unknown magic or version".into(),
+            ));
+        };
+        let SnapshotV2 { v1: s, auth_keys } = s2;
         let mut st = LedgerState::empty(s.meta.chain_id.clone());
         st.meta = s.meta;
         st.dirty.insert(StateKey::Meta);
@@ -1518,6 +1648,24 @@ impl LedgerState {
             st.dirty.insert(StateKey::Audit(a.seq));
             st.audit.insert(a.seq, a);
         }
+        for (id, keys) in auth_keys {
+            if keys.is_empty() || !st.participants.contains_key(&id) {
+                return Err(StateError::Malformed(
+                    "snapshot: empty authentication key list".into(),
+                ));
+            }
+            for k in &keys {
+                if auth_key_hash(&k.public_key_der) != k.key_hash
+                    || st.auth_key_owner.insert(k.key_hash, id).is_some()
+                {
+                    return Err(StateError::Malformed(
+                        "snapshot: inconsistent authentication key".into(),
+                    ));
+                }
+            }
+            st.dirty.insert(StateKey::AuthKeys(id));
+            st.auth_keys.insert(id, keys);
+        }
         st.flush();
         Ok(st)
     }
@@ -1566,7 +1714,7 @@ impl App for LedgerState {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let s = SnapshotV1 {
+        let v1 = SnapshotV1 {
             meta: self.meta.clone(),
             participants: self.participants.values().cloned().collect(),
             nonces: self.nonces.iter().map(|(k, v)| (*k, *v)).collect(),
@@ -1580,6 +1728,14 @@ impl App for LedgerState {
             records: self.records.values().cloned().collect(),
             grants: self.grants.values().cloned().collect(),
             audit: self.audit.values().cloned().collect(),
+        };
+        let s = SnapshotV2 {
+            v1,
+            auth_keys: self
+                .auth_keys
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
         };
         let mut out = SNAPSHOT_MAGIC.to_vec();
         out.extend_from_slice(&Self::encode(&s));

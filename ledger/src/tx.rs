@@ -21,6 +21,9 @@
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha3::{Digest, Sha3_256};
+use spki::SubjectPublicKeyInfoRef;
+use spki::der::asn1::{ObjectIdentifier, UintRef};
+use spki::der::{Decode, Reader, SliceReader, Tag, Tagged};
 
 use crate::app::{Hash, TxReject};
 
@@ -44,6 +47,12 @@ pub const MAX_WRAPPED_KEY: usize = 4096;
 pub const MAX_CID_LEN: usize = 128;
 /// The most search labels one record may carry.
 pub const MAX_SEARCH_LABELS: usize = 2048;
+/// The longest registered authentication key (SubjectPublicKeyInfo DER), in bytes.
+pub const MAX_AUTH_KEY_DER: usize = 1024;
+/// The smallest accepted RSA modulus of an authentication key, in bits.
+pub const MIN_RSA_MODULUS_BITS: usize = 2048;
+/// The largest accepted RSA modulus of an authentication key, in bits.
+pub const MAX_RSA_MODULUS_BITS: usize = 4096;
 
 /// Domain separator prepended to the bytes an Ed25519 signature covers.
 const SIGN_DOMAIN: &[u8] = b"ehr-ledger/tx-body/v1\0";
@@ -104,6 +113,8 @@ pub mod codes {
     pub const NOT_ASSIGNED: &str = "not-assigned";
     /// A snapshot does not decode or does not match the expected state root.
     pub const BAD_SNAPSHOT: &str = "bad-snapshot";
+    /// A named authentication key is not registered to the sender.
+    pub const UNKNOWN_AUTH_KEY: &str = "unknown-auth-key";
 }
 
 pub(crate) fn reject(code: &'static str, reason: impl Into<String>) -> TxReject {
@@ -192,6 +203,46 @@ pub enum Purpose {
     Emergency,
     /// The patient asked for its own record.
     PatientRequest,
+}
+
+/// The signature algorithm of a registered authentication key (JWS names `ES384`, `RS384`).
+///
+/// A participant's Ed25519 key (`EdDSA`) needs no registration: it is its ledger key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum AuthAlg {
+    /// ECDSA over P-384 with SHA-384; the key is a P-384 SubjectPublicKeyInfo.
+    Es384,
+    /// RSASSA-PKCS1-v1_5 with SHA-384; the key is an RSA SubjectPublicKeyInfo of
+    /// [`MIN_RSA_MODULUS_BITS`]..=[`MAX_RSA_MODULUS_BITS`] bits.
+    Rs384,
+}
+
+impl AuthAlg {
+    /// The JWS `alg` name.
+    pub fn jws_name(&self) -> &'static str {
+        match self {
+            AuthAlg::Es384 => "ES384",
+            AuthAlg::Rs384 => "RS384",
+        }
+    }
+}
+
+/// The key material inside a structurally valid authentication key (see [`parse_auth_key`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthKeyMaterial<'a> {
+    /// A P-384 point in uncompressed SEC1 form (`0x04 || X || Y`, 97 bytes). Whether the
+    /// point is on the curve is checked when a signature is verified, not here.
+    P384 {
+        /// The SEC1 bytes.
+        point: &'a [u8],
+    },
+    /// An RSA public key.
+    Rsa {
+        /// The PKCS#1 `RSAPublicKey` DER (the SubjectPublicKeyInfo's key bits).
+        pkcs1: &'a [u8],
+        /// The modulus length in bits.
+        modulus_bits: usize,
+    },
 }
 
 /// What a transaction does.
@@ -298,6 +349,19 @@ pub enum TxKind {
         /// Why.
         purpose: Purpose,
     },
+    /// Registers an additional key the sender may authenticate API requests with (ES384 or
+    /// RS384 client assertions); at most a few per participant.
+    RegisterAuthKey {
+        /// The algorithm the key is for.
+        alg: AuthAlg,
+        /// The public key as a DER SubjectPublicKeyInfo (at most [`MAX_AUTH_KEY_DER`] bytes).
+        public_key_der: Vec<u8>,
+    },
+    /// Removes one of the sender's registered authentication keys.
+    RevokeAuthKey {
+        /// The key's hash ([`auth_key_hash`] of its DER).
+        key_hash: [u8; 32],
+    },
 }
 
 impl TxKind {
@@ -315,6 +379,8 @@ impl TxKind {
             TxKind::Revoke { .. } => "Revoke",
             TxKind::Supersede { .. } => "Supersede",
             TxKind::RecordAccess { .. } => "RecordAccess",
+            TxKind::RegisterAuthKey { .. } => "RegisterAuthKey",
+            TxKind::RevokeAuthKey { .. } => "RevokeAuthKey",
         }
     }
 }
@@ -381,7 +447,7 @@ impl TxBody {
                     return Err(reject(codes::INVALID_FIELD, "label: must not be empty"));
                 }
             }
-            TxKind::RotateKey { .. } | TxKind::Revoke { .. } => {}
+            TxKind::RotateKey { .. } | TxKind::Revoke { .. } | TxKind::RevokeAuthKey { .. } => {}
             TxKind::AssignAttributes { attributes, .. }
             | TxKind::RevokeAttributes { attributes, .. } => {
                 check_len("attributes", attributes.len(), 1, MAX_ATTRIBUTES_PER_TX)?;
@@ -445,6 +511,12 @@ impl TxBody {
             }
             TxKind::RecordAccess { cid, .. } => {
                 check_len("cid", cid.0.len(), 1, MAX_CID_LEN)?;
+            }
+            TxKind::RegisterAuthKey {
+                alg,
+                public_key_der,
+            } => {
+                parse_auth_key(*alg, public_key_der)?;
             }
         }
         Ok(())
@@ -546,6 +618,115 @@ impl SignedTx {
 /// SHA3-256 of the bytes: the id of a transaction given in canonical encoding.
 pub fn tx_id(bytes: &[u8]) -> Hash {
     Sha3_256::digest(bytes).into()
+}
+
+/// Domain separator of authentication key hashes.
+const AUTH_KEY_DOMAIN: &[u8] = b"ehr-ledger/auth-key/v1\0";
+
+/// The hash naming a registered authentication key:
+/// `SHA3-256("ehr-ledger/auth-key/v1\0" || der)`.
+pub fn auth_key_hash(public_key_der: &[u8]) -> Hash {
+    let mut h = Sha3_256::new();
+    h.update(AUTH_KEY_DOMAIN);
+    h.update(public_key_der);
+    h.finalize().into()
+}
+
+/// OID 1.2.840.10045.2.1 (id-ecPublicKey).
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// OID 1.3.132.0.34 (secp384r1).
+const OID_SECP384R1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+/// OID 1.2.840.113549.1.1.1 (rsaEncryption).
+const OID_RSA_ENCRYPTION: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+
+/// Checks that `der` is a strict DER SubjectPublicKeyInfo of the kind `alg` names and returns
+/// the key material in it: for [`AuthAlg::Es384`] an id-ecPublicKey on secp384r1 with an
+/// uncompressed 97-byte point; for [`AuthAlg::Rs384`] an rsaEncryption key (NULL parameters)
+/// whose modulus has [`MIN_RSA_MODULUS_BITS`]..=[`MAX_RSA_MODULUS_BITS`] bits and whose public
+/// exponent is odd and in `3..2^33`. Structure only (the ledger has no curve arithmetic):
+/// whether a P-384 point lies on the curve is checked by signature verification.
+pub fn parse_auth_key(alg: AuthAlg, der: &[u8]) -> Result<AuthKeyMaterial<'_>, TxReject> {
+    check_len("public_key_der", der.len(), 1, MAX_AUTH_KEY_DER)?;
+    let bad = |why: String| reject(codes::INVALID_FIELD, format!("public_key_der: {why}"));
+    let spki = SubjectPublicKeyInfoRef::from_der(der)
+        .map_err(|e| bad(format!("not a DER SubjectPublicKeyInfo ({e})")))?;
+    let key_bits = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or_else(|| bad("key bit string has unused bits".into()))?;
+    match alg {
+        AuthAlg::Es384 => {
+            if spki.algorithm.oid != OID_EC_PUBLIC_KEY {
+                return Err(bad("ES384 needs an EC key (id-ecPublicKey)".into()));
+            }
+            match spki.algorithm.parameters_oid() {
+                Ok(curve) if curve == OID_SECP384R1 => {}
+                _ => {
+                    return Err(bad(
+                        "ES384 needs a key on the P-384 curve (secp384r1)".into()
+                    ));
+                }
+            }
+            if key_bits.len() != 97 || key_bits[0] != 0x04 {
+                return Err(bad(
+                    "P-384 point must be uncompressed (0x04 || X || Y, 97 bytes)".into(),
+                ));
+            }
+            Ok(AuthKeyMaterial::P384 { point: key_bits })
+        }
+        AuthAlg::Rs384 => {
+            if spki.algorithm.oid != OID_RSA_ENCRYPTION {
+                return Err(bad("RS384 needs an RSA key (rsaEncryption)".into()));
+            }
+            match spki.algorithm.parameters {
+                Some(p) if p.tag() == Tag::Null && p.value().is_empty() => {}
+                _ => return Err(bad("rsaEncryption parameters must be NULL".into())),
+            }
+            let (n, e) = decode_rsa_public_key(key_bits)
+                .map_err(|e| bad(format!("not a PKCS#1 RSAPublicKey ({e})")))?;
+            let modulus_bits = bit_length(n);
+            if !(MIN_RSA_MODULUS_BITS..=MAX_RSA_MODULUS_BITS).contains(&modulus_bits) {
+                return Err(bad(format!(
+                    "RSA modulus of {modulus_bits} bits outside \
+                     {MIN_RSA_MODULUS_BITS}..={MAX_RSA_MODULUS_BITS}"
+                )));
+            }
+            if n.last().is_some_and(|b| b & 1 == 0) {
+                return Err(bad("RSA modulus is even".into()));
+            }
+            let e_ok = e.len() <= 5
+                && e.last().is_some_and(|b| b & 1 == 1)
+                && bit_length(e) >= 2
+                && bit_length(e) <= 33;
+            if !e_ok {
+                return Err(bad("RSA exponent must be odd and in 3..2^33".into()));
+            }
+            Ok(AuthKeyMaterial::Rsa {
+                pkcs1: key_bits,
+                modulus_bits,
+            })
+        }
+    }
+}
+
+/// Decodes a PKCS#1 `RSAPublicKey ::= SEQUENCE { modulus INTEGER, publicExponent INTEGER }`
+/// (both positive), returning their big-endian magnitudes without leading zeros.
+fn decode_rsa_public_key(bytes: &[u8]) -> Result<(&[u8], &[u8]), spki::der::Error> {
+    let mut reader = SliceReader::new(bytes)?;
+    let (n, e) = reader.sequence(|r| {
+        let n = UintRef::decode(r)?;
+        let e = UintRef::decode(r)?;
+        Ok((n.as_bytes(), e.as_bytes()))
+    })?;
+    reader.finish((n, e))
+}
+
+/// The bit length of a big-endian magnitude without leading zero bytes.
+fn bit_length(be: &[u8]) -> usize {
+    match be.first() {
+        None => 0,
+        Some(&top) => (be.len() - 1) * 8 + (8 - top.leading_zeros() as usize),
+    }
 }
 
 fn signing_message(body: &[u8]) -> Vec<u8> {

@@ -292,16 +292,18 @@ pub fn unwrap_data_key(
         .map_err(|e| ClientError::crypto("the record's data key", e.to_string()))
 }
 
-/// Opens a data key rewrapped for this participant by a grant.
+/// Opens a data key rewrapped for this participant by a grant ([`crate::keywrap`]).
 fn grant_unwrap(
-    _signing_key: &ed25519_dalek::SigningKey,
-    _cid: &[u8],
-    _wrapped: &[u8],
+    signing_key: &ed25519_dalek::SigningKey,
+    cid: &[u8],
+    wrapped: &[u8],
 ) -> Result<Zeroizing<Vec<u8>>, ClientError> {
-    Err(ClientError::crypto(
-        "unwrapping the record's data key granted to you",
-        "this build has no key-rewrap support yet",
-    ))
+    crate::keywrap::unwrap_with(signing_key, cid, wrapped).map_err(|e| {
+        ClientError::crypto(
+            "unwrapping the record's data key granted to you",
+            e.to_string(),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -609,6 +611,28 @@ mod tests {
         // The seal context is the capsule: another capsule's context fails to open.
         assert!(
             ehr_storage::seal::open(&got, &seal_context(&CapsuleId([4; 32])), &sealed).is_err()
+        );
+    }
+
+    #[test]
+    fn a_key_rewrapped_for_a_grantee_opens_only_for_that_grantee() {
+        let grantee = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+        let cid = b"\x01\x55\x12\x20grant-cid".to_vec();
+        let dk = DataKey::generate().unwrap();
+        let wrapped = crate::keywrap::wrap_for(
+            &grantee.verifying_key().to_bytes(),
+            &cid,
+            dk.expose_secret(),
+            &mut rand::rngs::OsRng,
+        )
+        .unwrap();
+        let c = CapsuleId([1; 32]);
+        let got = unwrap_data_key(KeyKind::Grant, &wrapped, &c, &cid, None, &grantee).unwrap();
+        assert_eq!(got.expose_secret(), dk.expose_secret());
+        assert!(unwrap_data_key(KeyKind::Grant, &wrapped, &c, &cid, None, &other).is_err());
+        assert!(
+            unwrap_data_key(KeyKind::Grant, &wrapped, &c, b"\x01other", None, &grantee).is_err()
         );
     }
 

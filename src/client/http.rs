@@ -96,7 +96,7 @@ impl NodeClient {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        super::token::mint_eddsa(&self.key, &self.audience, now, TOKEN_TTL_SECS)
+        crate::auth::mint_eddsa(&self.key, &self.audience, now, TOKEN_TTL_SECS)
     }
 
     /// Sends a request built by `build` (called again for every attempt, with a fresh token)

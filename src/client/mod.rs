@@ -13,7 +13,6 @@ pub mod identity;
 pub mod problem;
 pub mod proof;
 pub mod record;
-pub mod token;
 
 pub use consortium::Consortium;
 pub use error::{ClientError, exit_code_of};
