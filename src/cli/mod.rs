@@ -2,6 +2,7 @@
 
 mod client;
 mod client_progress;
+mod demo;
 mod dev;
 mod ipfs;
 mod ledger;
@@ -84,6 +85,8 @@ enum Command {
     /// Inspect the ledger and verify records' ledger proofs.
     #[command(subcommand)]
     Ledger(ledger::LedgerCmd),
+    /// A scripted walkthrough on the development consortium: upload, search, read, verify.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -113,5 +116,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Grant(args) => client::run_grant(args),
         Command::Revoke(args) => client::run_revoke(args),
         Command::Ledger(cmd) => ledger::run(cmd),
+        Command::Demo(args) => demo::run(args),
     }
 }

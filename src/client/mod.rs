@@ -13,6 +13,7 @@ pub mod identity;
 pub mod problem;
 pub mod proof;
 pub mod record;
+pub mod synthetic;
 
 pub use consortium::Consortium;
 pub use error::{ClientError, exit_code_of};
