@@ -197,6 +197,32 @@ impl Api {
         Ok(out)
     }
 
+    /// `GET /v1/capsules` again, for each capsule's owner.
+    pub async fn capsule_owners(&self) -> Result<Vec<(CapsuleId, ParticipantId)>, ClientError> {
+        let v: Value = self.http.get_json("v1/capsules").await?;
+        let list = v
+            .get("capsules")
+            .and_then(Value::as_array)
+            .or_else(|| v.as_array())
+            .ok_or_else(|| ClientError::bad_response("capsules", "not a list"))?;
+        let mut out = Vec::new();
+        for c in list {
+            let (Some(id), Some(owner)) = (
+                c.get("id").and_then(Value::as_str),
+                c.get("owner").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if let (Ok(id), Ok(owner)) = (
+                parse_capsule_id(id),
+                super::identity::parse_participant(owner),
+            ) {
+                out.push((id, owner));
+            }
+        }
+        Ok(out)
+    }
+
     /// `POST /v1/search` with a prepared body (it holds trapdoors). Retried: it changes nothing.
     pub async fn search(&self, body: &str) -> Result<SearchPage, ClientError> {
         let resp = self

@@ -237,6 +237,53 @@ pub fn search_body(q: &Query, limit: usize, cursor: Option<&str>) -> Zeroizing<S
     ))
 }
 
+/// Maps a record's FHIR keywords to search keywords the way the node does for the uploads it
+/// seals itself: text fields (`...:text`) give one [`Keyword::text`] per word; values with a `|`
+/// are coding tokens ([`Keyword::code`]); other values become `field|value` code tokens (such
+/// as `_type|Observation`). Keywords the search layer refuses (too long) are skipped.
+pub fn search_keywords(kws: &[crate::fhir::Keyword]) -> Vec<Keyword> {
+    let mut out = Vec::with_capacity(kws.len());
+    for k in kws {
+        if k.field.ends_with(":text") {
+            out.extend(
+                k.value
+                    .split_whitespace()
+                    .filter_map(|w| Keyword::text(w).ok()),
+            );
+        } else if k.value.contains('|') {
+            out.extend(Keyword::code(&k.value).ok());
+        } else {
+            let t = Zeroizing::new(format!("{}|{}", k.field, k.value));
+            out.extend(Keyword::code(&t).ok());
+        }
+    }
+    out
+}
+
+/// The keyword keys `K_{w,e}` of `keywords` at `state`'s current epoch, de-duplicated and
+/// sorted (so their order says nothing about the keywords), base64url and comma-separated:
+/// the `ehr-keyword-keys` header of a pre-sealed upload. The node derives the labels from
+/// them; it learns these keys but not the keywords.
+pub fn keyword_keys_header(state: &SearchKeyState, keywords: &[Keyword]) -> Zeroizing<String> {
+    let ek = state
+        .epoch_key(state.epoch())
+        .expect("invariant: a state derives its own epoch's key");
+    let mut keys: Vec<Zeroizing<[u8; 32]>> = keywords
+        .iter()
+        .map(|k| ek.keyword_key(k).to_bytes())
+        .collect();
+    keys.sort_unstable_by(|a, b| a[..].cmp(&b[..]));
+    keys.dedup_by(|a, b| a[..] == b[..]);
+    let mut out = Zeroizing::new(String::with_capacity(keys.len() * 44));
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Zeroizing::new(B64.encode(&k[..])));
+    }
+    out
+}
+
 /// How the node released a record's data key (`ehr-key-kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -634,6 +681,44 @@ mod tests {
         assert!(
             unwrap_data_key(KeyKind::Grant, &wrapped, &c, b"\x01other", None, &grantee).is_err()
         );
+    }
+
+    #[test]
+    fn keyword_keys_give_the_labels_the_owner_would_make() {
+        let mut rng = ChaCha20Rng::seed_from_u64(4);
+        let mut owner = SearchKeyOwner::generate_with_epochs(&mut rng, 8).unwrap();
+        owner.rotate().unwrap();
+        let kws = search_keywords(&[
+            crate::fhir::Keyword::new("Observation.code", "http://loinc.org|4548-4"),
+            crate::fhir::Keyword::new("Observation.code:text", "Hemoglobin A1c"),
+            crate::fhir::Keyword::new("_type", "Observation"),
+            crate::fhir::Keyword::new("Observation.code", "http://loinc.org|4548-4"),
+        ]);
+        assert_eq!(kws.len(), 5);
+        let header = keyword_keys_header(&owner.state(), &kws);
+        let keys: Vec<Vec<u8>> = header.split(',').map(|k| B64.decode(k).unwrap()).collect();
+        assert_eq!(keys.len(), 4, "duplicates count once");
+        // The labels the node derives from the keys (counter 0) are the owner's labels.
+        let mut from_keys: Vec<[u8; 16]> = keys
+            .iter()
+            .map(|k| {
+                let mut t = vec![1u8];
+                t.extend_from_slice(&[0; 32]);
+                t.extend_from_slice(&1u32.to_be_bytes());
+                t.extend_from_slice(k);
+                Trapdoor::from_bytes(&t).unwrap().key().label(0).0
+            })
+            .collect();
+        from_keys.sort();
+        let mut owners: Vec<[u8; 16]> = owner
+            .epoch_key()
+            .labels_for(&kws, &mut MemoryCounters::new())
+            .unwrap()
+            .into_iter()
+            .map(|l| l.0)
+            .collect();
+        owners.sort();
+        assert_eq!(from_keys, owners);
     }
 
     #[test]
