@@ -126,11 +126,19 @@ pub async fn search(
     loop {
         let body = search_body(&query, limit, cursor.as_deref());
         let page = api.search(&body).await?;
+        let before = hits.len();
         hits.extend(page.hits);
         match page.next_cursor {
             Some(c) if all_pages => {
                 if B64.decode(&c).is_err() {
                     return Err(ClientError::bad_response("next_cursor", "not base64url"));
+                }
+                // A node that hands back the same cursor (or empty pages) would loop forever.
+                if cursor.as_deref() == Some(c.as_str()) || hits.len() == before {
+                    return Err(ClientError::bad_response(
+                        "next_cursor",
+                        "the node returned a cursor that does not advance",
+                    ));
                 }
                 cursor = Some(c);
             }
