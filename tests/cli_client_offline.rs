@@ -182,3 +182,114 @@ async fn a_server_failure_exits_3() {
         r.stderr
     );
 }
+
+/// `ehr search` against a canned node: the capsule list holds a real capsule sealed under the
+/// test's CP-ABE parameters; the trapdoors the CLI sends expand to the labels the capsule's
+/// owner made, and the hits are printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_sends_trapdoors_that_find_the_owners_labels() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    use ehr::client::{Identity, IdentityRole};
+    use ehr_search::sse::{Capsule, CapsuleId, Keyword, SearchKeyOwner, Trapdoor};
+    use rand::SeedableRng as _;
+
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(8);
+    let (pp, msk) = ehr_search::abe::setup(&mut rng);
+    let policy = ehr_search::policy::Policy::parse("role:researcher AND irb:study-42").unwrap();
+    let mut owner = SearchKeyOwner::generate_with_epochs(&mut rng, 8).unwrap();
+    owner.rotate().unwrap();
+    let capsule_id = CapsuleId([6; 32]);
+    let capsule = Capsule::seal(&pp, &policy, capsule_id, &owner.state(), &mut rng).unwrap();
+    let kw = Keyword::code("http://loinc.org|4548-4").unwrap();
+    let want: Vec<[u8; 16]> = (0..=1)
+        .map(|e| {
+            owner
+                .state()
+                .epoch_key(e)
+                .unwrap()
+                .keyword_key(&kw)
+                .label(0)
+                .0
+        })
+        .collect();
+
+    let capsules = serde_json::json!({"capsules": [{
+        "id": hex::encode(capsule_id.0), "owner": "ab".repeat(32), "policy": policy.to_string(),
+        "epoch": 1, "wrapped_search_key": B64.encode(capsule.to_bytes())
+    }]})
+    .to_string();
+    let hits =
+        serde_json::json!({"hits": [{"cid": "bafkqaaa", "capsule": hex::encode(capsule_id.0),
+        "epoch": 1, "height": 9}], "next_cursor": null})
+        .to_string();
+    let server = canned(vec![
+        (200, "application/json", capsules),
+        (200, "application/json", hits),
+    ])
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut id = Identity::generate(
+        IdentityRole::Researcher,
+        "r",
+        "ehr-test",
+        Some(server.url.clone()),
+    )
+    .unwrap();
+    let key = ehr_search::abe::keygen(
+        &pp,
+        &msk,
+        &id.participant().0,
+        ["role:researcher", "irb:study-42"],
+        &mut rng,
+    )
+    .unwrap();
+    id.set_abe_key(key);
+    id.save_new(&dir.path().join("r.json")).unwrap();
+
+    let d = dir.path().to_owned();
+    let r = tokio::task::spawn_blocking(move || {
+        ehr(
+            &d,
+            &[
+                "search",
+                "--identity",
+                "r.json",
+                "http://loinc.org|4548-4",
+                "--limit",
+                "5",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        r.stdout,
+        format!("bafkqaaa\t9\t{}\t1\n", &hex::encode(capsule_id.0)[..12])
+    );
+
+    let heads = server.heads.lock().unwrap();
+    assert!(heads[0].starts_with("GET /v1/capsules "), "{}", heads[0]);
+    assert!(heads[1].starts_with("POST /v1/search "), "{}", heads[1]);
+    let body = heads[1].split("\r\n\r\n").nth(1).unwrap();
+    assert!(!body.contains("4548"), "the keyword itself is never sent");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["limit"], 5);
+    assert!(v["cursor"].is_null());
+    let sent: Vec<[u8; 16]> = v["query"]["keyword"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let t = Trapdoor::from_bytes(&B64.decode(t.as_str().unwrap()).unwrap()).unwrap();
+            assert_eq!(t.capsule(), capsule_id);
+            t.key().label(0).0
+        })
+        .collect();
+    assert_eq!(
+        sent, want,
+        "one trapdoor per epoch, expanding to the owner's labels"
+    );
+}

@@ -63,11 +63,10 @@ pub async fn canned(responses: Vec<(u16, &'static str, String)>) -> Canned {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
-            let mut buf = vec![0u8; 64 * 1024];
-            let n = sock.read(&mut buf).await.unwrap_or(0);
+            let req = read_request(&mut sock).await;
             h.lock()
                 .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                .push(String::from_utf8_lossy(&req).into_owned());
             let resp = format!(
                 "HTTP/1.1 {status} X\r\ncontent-type: {ctype}\r\nx-request-id: req-7\r\n\
                  content-length: {}\r\nconnection: close\r\n\r\n{body}",
@@ -78,4 +77,29 @@ pub async fn canned(responses: Vec<(u16, &'static str, String)>) -> Canned {
         }
     });
     Canned { url, heads }
+}
+
+/// Reads one request: the head, then `content-length` bytes of body.
+async fn read_request(sock: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut req = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return req,
+            Ok(n) => n,
+        };
+        req.extend_from_slice(&buf[..n]);
+        let Some(end) = req.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&req[..end]).to_ascii_lowercase();
+        let len = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if req.len() >= end + 4 + len {
+            return req;
+        }
+    }
 }
