@@ -5,6 +5,10 @@
 pub mod auth;
 pub mod cli;
 pub mod client;
+pub mod config;
+pub mod consortium;
 pub mod fhir;
+pub mod http;
 pub mod keywrap;
 pub mod ledger_net;
+pub mod node;

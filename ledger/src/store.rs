@@ -145,9 +145,11 @@ fn dec<'a, T: serde::Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, 
     postcard::from_bytes(bytes).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
 }
 
-/// The redb-backed store.
+/// The redb-backed store. Cheap to clone: clones share one database, so a reader (the node
+/// serving committed blocks) can hold a clone while the driver writes through another.
+#[derive(Clone)]
 pub struct RedbStore {
-    db: Database,
+    db: std::sync::Arc<Database>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -181,7 +183,9 @@ impl RedbStore {
             st!(tx.open_table(BLOCKS), "open blocks")?;
         }
         st!(tx.commit(), "commit")?;
-        Ok(Self { db })
+        Ok(Self {
+            db: std::sync::Arc::new(db),
+        })
     }
 }
 

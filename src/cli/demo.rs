@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use super::client::block_on;
 use super::search::{get, search};
 use crate::client::api::Api;
 use crate::client::crypto::{Combine, KeywordArg};
@@ -20,7 +19,8 @@ use crate::client::{ClientError, Consortium, Identity, NodeClient};
 #[derive(Debug, clap::Args)]
 #[command(after_long_help = "\
 Example:
-  ehr dev --dir ./ehr-dev     # in one terminal (or let the demo start it)
+  ehr demo                    # starts the development consortium in ./ehr-dev if needed
+  ehr dev --dir ./ehr-dev     # or run it in another terminal, then
   ehr demo --dir ./ehr-dev
 
 The records are generated synthetic FHIR resources (security label HTEST, ids synthetic-...);
@@ -60,44 +60,51 @@ impl DevFiles {
     }
 }
 
-/// Runs `ehr demo`.
+/// Runs `ehr demo`: on the consortium running in `--dir`, or on one started in this process
+/// (and stopped at the end) when none answers there.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
-    block_on(async move {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
         let files = DevFiles::in_dir(&args.dir);
-        if !files.exist() {
-            return Err(ClientError::input(
-                "--dir",
-                format!(
-                    "{} holds no development consortium: start one with `ehr dev --dir {}`",
-                    args.dir.display(),
-                    args.dir.display()
-                ),
-            )
-            .into());
-        }
-        let hospital = Identity::load(&files.hospital)?;
-        let url = hospital
-            .node()
-            .ok_or_else(|| ClientError::input("hospital-0.json", "names no node"))?
-            .to_owned();
-        if !healthy(&url).await {
-            return Err(ClientError::input(
-                "--dir",
-                format!(
-                    "the development consortium in {} is not running (no answer at {url}): start \
-                     it with `ehr dev --dir {}`",
-                    args.dir.display(),
-                    args.dir.display()
-                ),
-            )
-            .into());
-        }
-        walkthrough(
+        let running = match files.exist() {
+            true => match Identity::load(&files.hospital)?.node() {
+                Some(url) => healthy(url).await,
+                None => false,
+            },
+            false => false,
+        };
+        let started = if running {
+            println!(
+                "ehr demo: using the consortium running in {}",
+                args.dir.display()
+            );
+            None
+        } else {
+            println!(
+                "ehr demo: no consortium answers in {}: starting one in this process",
+                args.dir.display()
+            );
+            let dev = super::dev::DevConsortium::start(&args.dir, 0).await?;
+            println!(
+                "ehr demo: {} replicas ready in {}",
+                dev.nodes.len(),
+                ms(dev.ready_after)
+            );
+            Some(dev)
+        };
+        let result = walkthrough(
             &files,
             &args.dir.join("demo-out"),
             usize::from(args.records),
         )
-        .await
+        .await;
+        if let Some(dev) = started {
+            dev.shutdown().await;
+        }
+        result
     })
 }
 

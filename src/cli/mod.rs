@@ -3,9 +3,11 @@
 mod client;
 mod client_progress;
 mod demo;
-mod dev;
+pub mod dev;
+mod init;
 mod ipfs;
 mod ledger;
+mod node;
 mod seal;
 mod search;
 mod upload;
@@ -55,11 +57,16 @@ fn init_logging(format: LogFormat) {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run a node on an embedded single-machine default (data under ./data, loopback ports).
+    /// Run an embedded 4-replica consortium on 127.0.0.1 (state under ./ehr-dev).
     Dev(dev::DevArgs),
     /// Work with the local IPFS repository: add files, read them back, pin, export CARs.
     #[command(subcommand)]
     Ipfs(ipfs::IpfsCmd),
+    /// Create a consortium: keys, ABE shares, consortium.json and per-node configurations
+    /// (the trusted dealer: see --help).
+    InitConsortium(init::InitArgs),
+    /// Run a node from its configuration file until SIGTERM or Ctrl-C.
+    Node(node::NodeArgs),
     /// Seal a local file: encrypt it into an authenticated, key-committing envelope.
     Seal(seal::SealArgs),
     /// Open a sealed envelope: verify and decrypt it with its data key.
@@ -105,6 +112,8 @@ pub fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => dev::run(args),
         Command::Ipfs(cmd) => ipfs::run(cmd),
+        Command::InitConsortium(args) => init::run(args),
+        Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run_seal(args),
         Command::Open(args) => seal::run_open(args),
         Command::Keygen(args) => client::run_keygen(args),

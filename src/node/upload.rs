@@ -1,0 +1,398 @@
+//! The upload pipeline and the other operations the HTTP API calls.
+//!
+//! Upload: keywords (extracted by [`crate::fhir`]) → seal under a fresh data key, with the
+//! capsule id as the seal context → add to the blockstore (pinned) → wrap the data key with
+//! CP-ABE under the capsule's policy, the associated data binding capsule and CID → labels from
+//! the capsule's epoch key and the counters → the data key, encrypted, into the owner key store
+//! → a `RegisterRecord` transaction → its commit. A failure after the add unpins the DAG (GC
+//! collects it): the ledger never names a record whose blocks this node does not hold, and no
+//! record is left half registered. Plaintext lives only in memory.
+//!
+//! # From FHIR keywords to search keywords
+//! The search layer knows two fields. [`search_keywords`] maps each extracted FHIR keyword:
+//! - a `system|code` token (codings, identifiers) → `Keyword::code("system|code")` (the same
+//!   token found in any element: search `http://loinc.org|1234-5`);
+//! - a primitive code without a system (`Patient.gender` = `female`, `_type` = `Observation`)
+//!   → `Keyword::code("<field>|<value>")`, e.g. `Patient.gender|female`, `_type|Observation`;
+//! - a normalised text (`...:text` fields) → one `Keyword::text(word)` per word.
+
+use ehr_ledger::app::TxOutcome;
+use ehr_ledger::tx::{Cid as LedgerCid, ParticipantId, TxKind};
+use ehr_search::abe::{self, WrappedKey};
+use ehr_search::sse::{self, Keyword, LabelCounter as _, Trapdoor};
+use ehr_storage::blockstore::Cid;
+use ehr_storage::seal::{self, DataKey, SealContext};
+
+use super::NodeCtx;
+use crate::ledger_net::{Committed, NetError};
+
+/// Domain separation of a record data key's associated data (shared with clients).
+pub const RECORD_KEY_AAD_PREFIX: &[u8] = b"ehr/record-key/v1";
+
+/// The associated data binding a wrapped data key to its capsule and CID.
+pub fn record_key_aad(capsule: &[u8; 32], cid: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(RECORD_KEY_AAD_PREFIX.len() + 32 + cid.len());
+    aad.extend_from_slice(RECORD_KEY_AAD_PREFIX);
+    aad.extend_from_slice(capsule);
+    aad.extend_from_slice(cid);
+    aad
+}
+
+/// Why an operation failed; the HTTP layer maps each kind to a status.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The request is wrong: which field and why (400).
+    #[error("{field}: {reason}")]
+    Input {
+        /// The field.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// Not allowed (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// No such thing (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The ledger refused or rejected the transaction (409 / 422).
+    #[error("{code}: {reason}")]
+    Rejected {
+        /// The ledger's reject code.
+        code: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// Temporarily unavailable (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A failure inside the node (500); details are logged, not returned.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl OpError {
+    /// An input error.
+    pub fn input(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        OpError::Input {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<NetError> for OpError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Refused(r) => OpError::Rejected {
+                code: "refused".into(),
+                reason: r,
+            },
+            NetError::Overloaded => OpError::Unavailable("the ledger is overloaded".into()),
+            NetError::Timeout(d) => {
+                OpError::Unavailable(format!("the ledger did not commit within {d:?}"))
+            }
+            other => OpError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// A registered record.
+#[derive(Debug, Clone)]
+pub struct Uploaded {
+    /// The CID.
+    pub cid: Cid,
+    /// The committing height.
+    pub height: u64,
+    /// The transaction id.
+    pub tx_id: [u8; 32],
+    /// The capsule.
+    pub capsule: [u8; 32],
+    /// The epoch of its labels.
+    pub epoch: u64,
+    /// How many labels it carries.
+    pub labels: usize,
+    /// Sealed size in bytes.
+    pub size: u64,
+}
+
+/// Maps FHIR keywords to search keywords (see the module docs). Keywords the search layer
+/// refuses (too long) are skipped.
+pub fn search_keywords(kws: &[crate::fhir::Keyword]) -> Vec<Keyword> {
+    let mut out = Vec::with_capacity(kws.len());
+    for k in kws {
+        if k.field.ends_with(":text") {
+            out.extend(
+                k.value
+                    .split_whitespace()
+                    .filter_map(|w| Keyword::text(w).ok()),
+            );
+        } else if k.value.contains('|') {
+            out.extend(Keyword::code(&k.value).ok());
+        } else {
+            let mut t =
+                zeroize::Zeroizing::new(String::with_capacity(k.field.len() + 1 + k.value.len()));
+            t.push_str(&k.field);
+            t.push('|');
+            t.push_str(&k.value);
+            out.extend(Keyword::code(&t).ok());
+        }
+    }
+    out
+}
+
+fn committed_outcome(c: Committed) -> Result<Committed, OpError> {
+    match &c.outcome {
+        TxOutcome::Applied => Ok(c),
+        TxOutcome::Rejected(r) => Err(OpError::Rejected {
+            code: r.code.to_owned(),
+            reason: r.reason.clone(),
+        }),
+    }
+}
+
+impl NodeCtx {
+    /// Checks the `policy` (capsule id) a request names: only this hospital's capsule.
+    pub fn resolve_capsule(&self, policy: Option<&str>) -> Result<[u8; 32], OpError> {
+        if !self
+            .capsule_published
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(OpError::Unavailable(
+                "the hospital's capsule is not published yet".into(),
+            ));
+        }
+        match policy {
+            None => Ok(self.capsule.id),
+            Some(p) => {
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(p, &mut id).map_err(|_| {
+                    OpError::input("policy", "must be a capsule id (64 hex digits)")
+                })?;
+                if id != self.capsule.id {
+                    return Err(OpError::input(
+                        "policy",
+                        "not a capsule of this node's hospital",
+                    ));
+                }
+                Ok(id)
+            }
+        }
+    }
+
+    /// Seals, stores, wraps, indexes and registers one plaintext record.
+    pub async fn upload_plain(
+        &self,
+        plaintext: Vec<u8>,
+        keywords: Vec<Keyword>,
+        capsule: [u8; 32],
+        patient: Option<ParticipantId>,
+    ) -> Result<Uploaded, OpError> {
+        let (key, sealed) = tokio::task::spawn_blocking(move || {
+            let key = DataKey::generate().map_err(|e| OpError::Internal(e.to_string()))?;
+            let sealed = seal::seal(&key, &SealContext::new(capsule.to_vec()), &plaintext)
+                .map_err(|e| OpError::Internal(format!("sealing: {e}")))?;
+            drop(plaintext);
+            Ok::<_, OpError>((key, sealed))
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??;
+        self.metrics.upload_bytes.inc_by(sealed.len() as u64);
+        let added = self
+            .blockstore
+            .add_bytes(&sealed)
+            .await
+            .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
+        let cid = added.cid;
+        let result = self
+            .wrap_label_register(cid, key, keywords, capsule, added.size, patient)
+            .await;
+        if result.is_err() {
+            self.unpin_quietly(cid).await;
+        }
+        result
+    }
+
+    async fn unpin_quietly(&self, cid: Cid) {
+        if let Err(e) = self.blockstore.unpin(cid).await {
+            tracing::warn!(%cid, error = %e, "cannot unpin an unregistered upload");
+        }
+    }
+
+    async fn wrap_label_register(
+        &self,
+        cid: Cid,
+        key: DataKey,
+        keywords: Vec<Keyword>,
+        capsule: [u8; 32],
+        size: u64,
+        patient: Option<ParticipantId>,
+    ) -> Result<Uploaded, OpError> {
+        let cid_bytes = cid.to_bytes();
+        let pp = self.consortium.abe_params.clone();
+        let policy = self.capsule.policy.clone();
+        let aad = record_key_aad(&capsule, &cid_bytes);
+        let secret = zeroize::Zeroizing::new(key.expose_secret().to_vec());
+        let wrapped = tokio::task::spawn_blocking(move || {
+            abe::wrap(&pp, &policy, &secret, &aad, &mut rand::rngs::OsRng)
+                .map(|w| w.to_bytes())
+                .map_err(|e| OpError::Internal(format!("wrapping the data key: {e}")))
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??;
+        let labels = {
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            self.capsule
+                .epoch_key
+                .labels_for(&keywords, &mut *counters)
+                .map_err(|e| OpError::Internal(format!("label counters: {e}")))?
+        };
+        drop(keywords);
+        self.owner_keys
+            .put(&cid_bytes, &key)
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+        drop(key);
+        let labels: Vec<[u8; 16]> = labels.into_iter().map(|l| l.0).collect();
+        self.register(cid, wrapped, labels, capsule, size, patient)
+            .await
+    }
+
+    async fn register(
+        &self,
+        cid: Cid,
+        wrapped_key: Vec<u8>,
+        labels: Vec<[u8; 16]>,
+        capsule: [u8; 32],
+        size: u64,
+        patient: Option<ParticipantId>,
+    ) -> Result<Uploaded, OpError> {
+        let epoch = u64::from(self.capsule.epoch_key.epoch());
+        let n = labels.len();
+        let committed = self
+            .hospital
+            .submit(TxKind::RegisterRecord {
+                cid: LedgerCid(cid.to_bytes()),
+                capsule: ehr_ledger::tx::CapsuleId(capsule),
+                epoch,
+                wrapped_key,
+                search_labels: labels,
+                size,
+                patient,
+            })
+            .await?;
+        let c = committed_outcome(committed)?;
+        self.metrics.records_uploaded.inc();
+        Ok(Uploaded {
+            cid,
+            height: c.height,
+            tx_id: c.tx_id,
+            capsule,
+            epoch,
+            labels: n,
+            size,
+        })
+    }
+
+    /// Registers a record the client sealed itself: `sealed` (an envelope), its data key
+    /// already wrapped under the capsule's policy, and the keyword keys `K_{w,e}` of its
+    /// keywords (the node allocates counters and derives labels; it never learns keywords).
+    pub async fn upload_sealed(
+        &self,
+        sealed: Vec<u8>,
+        wrapped_key: Vec<u8>,
+        keyword_keys: Vec<zeroize::Zeroizing<[u8; 32]>>,
+        capsule: [u8; 32],
+        patient: Option<ParticipantId>,
+    ) -> Result<Uploaded, OpError> {
+        if sealed.len() < seal::HEADER_LEN || sealed[..8] != seal::MAGIC {
+            return Err(OpError::input("body", "not a sealed envelope (bad magic)"));
+        }
+        let wk = WrappedKey::from_bytes(&wrapped_key)
+            .map_err(|e| OpError::input("ehr-wrapped-key", e.to_string()))?;
+        if wk.policy().to_string() != self.capsule.policy_text {
+            return Err(OpError::input(
+                "ehr-wrapped-key",
+                "not wrapped under the capsule's policy",
+            ));
+        }
+        let epoch = self.capsule.epoch_key.epoch();
+        let mut keys = Vec::with_capacity(keyword_keys.len());
+        for (i, k) in keyword_keys.iter().enumerate() {
+            let mut enc = zeroize::Zeroizing::new(Vec::with_capacity(sse::TRAPDOOR_ENCODED_LEN));
+            enc.push(1);
+            enc.extend_from_slice(&capsule);
+            enc.extend_from_slice(&epoch.to_be_bytes());
+            enc.extend_from_slice(&k[..]);
+            let t = Trapdoor::from_bytes(&enc)
+                .map_err(|e| OpError::input(format!("ehr-keyword-keys[{i}]"), e.to_string()))?;
+            keys.push(t.key().clone());
+        }
+        let mut ids: Vec<_> = keyword_keys.iter().map(|k| **k).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return Err(OpError::input("ehr-keyword-keys", "a key appears twice"));
+        }
+        self.metrics.upload_bytes.inc_by(sealed.len() as u64);
+        let added = self
+            .blockstore
+            .add_bytes(&sealed)
+            .await
+            .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
+        let reserved = {
+            let refs: Vec<&sse::KeywordKey> = keys.iter().collect();
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            counters.reserve(&refs)
+        };
+        let labels = match reserved {
+            Ok(cs) => {
+                let mut l: Vec<[u8; 16]> = keys.iter().zip(cs).map(|(k, c)| k.label(c).0).collect();
+                l.sort_unstable();
+                l
+            }
+            Err(e) => {
+                self.unpin_quietly(added.cid).await;
+                return Err(OpError::Internal(format!("label counters: {e}")));
+            }
+        };
+        let r = self
+            .register(added.cid, wrapped_key, labels, capsule, added.size, patient)
+            .await;
+        if r.is_err() {
+            self.unpin_quietly(added.cid).await;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fhir::Keyword as F;
+
+    #[test]
+    fn fhir_keywords_map_to_search_keywords() {
+        let got = search_keywords(&[
+            F::new("Condition.code", "http://snomed.info/sct|44054006"),
+            F::new("Patient.gender", "female"),
+            F::new("Condition.code:text", "type 2 diabetes"),
+            F::new("_type", "Condition"),
+        ]);
+        let want = [
+            Keyword::code("http://snomed.info/sct|44054006").unwrap(),
+            Keyword::code("Patient.gender|female").unwrap(),
+            Keyword::text("type").unwrap(),
+            Keyword::text("2").unwrap(),
+            Keyword::text("diabetes").unwrap(),
+            Keyword::code("_type|Condition").unwrap(),
+        ];
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn record_key_aad_binds_capsule_and_cid() {
+        let a = record_key_aad(&[1; 32], b"cid");
+        assert!(a.starts_with(RECORD_KEY_AAD_PREFIX));
+        assert_ne!(a, record_key_aad(&[2; 32], b"cid"));
+        assert_ne!(a, record_key_aad(&[1; 32], b"cie"));
+    }
+}
