@@ -456,9 +456,13 @@ pub struct GrantArgs {
     /// Who may read it.
     #[arg(long, value_name = "HEX")]
     pub to: String,
-    /// How many blocks the grant lasts (default: the node's).
-    #[arg(long, value_name = "N")]
-    pub expires_in_blocks: Option<u64>,
+    /// How many blocks the grant lasts.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub expires_in_blocks: u64,
+    /// The first ledger height at which the grant no longer holds (instead of
+    /// --expires-in-blocks).
+    #[arg(long, value_name = "HEIGHT", conflicts_with = "expires_in_blocks")]
+    pub expiry_height: Option<u64>,
     #[command(flatten)]
     pub common: Common,
 }
@@ -493,7 +497,7 @@ pub fn run_grant(a: GrantArgs) -> anyhow::Result<()> {
         let out = a
             .common
             .api(&id)?
-            .grant(a.cid.trim(), &grantee, a.expires_in_blocks)
+            .grant(a.cid.trim(), &grantee, a.expiry_height, a.expires_in_blocks)
             .await?;
         eprintln!("granted at height {} (tx {})", out.height, out.tx_id);
         println!("{}", out.grant);

@@ -9,13 +9,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use super::client::{Common, block_on, cid_bytes};
 use super::upload::short;
 use crate::client::ClientError;
+use crate::client::Identity;
 use crate::client::api::{Api, SearchHit};
 use crate::client::crypto::{
     Combine, KeyKind, KeywordArg, build_query, open_capsules, parse_capsule_id, seal_context,
     search_body, unwrap_data_key,
 };
 use crate::client::record::{Output, open_stream};
-use crate::client::Identity;
 
 /// Arguments of `ehr search`.
 #[derive(Debug, clap::Args)]
@@ -120,6 +120,22 @@ pub async fn search(
         not_satisfied = report.not_satisfied,
         "capsules"
     );
+    if report.opened.is_empty() {
+        // Nothing is searchable with this key: say so, and find nothing (not an error: the
+        // answer "no record you may read matches" is true).
+        for k in keywords {
+            if let KeywordArg::Text(t) | KeywordArg::Code(t) = k
+                && t.trim().is_empty()
+            {
+                return Err(ClientError::input("keyword", "must not be empty"));
+            }
+        }
+        eprintln!(
+            "warning: your attribute key opens none of the {} capsule(s): no record can match",
+            listed.len()
+        );
+        return Ok(Vec::new());
+    }
     let query = build_query(&report.opened, keywords, combine)?;
     let mut hits = Vec::new();
     let mut cursor: Option<String> = None;

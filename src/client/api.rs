@@ -331,16 +331,18 @@ impl Api {
             .await
     }
 
-    /// `POST /v1/grants`.
+    /// `POST /v1/grants` (an absolute `expiry_height`, or else `expires_in_blocks`).
     pub async fn grant(
         &self,
         cid: &str,
         grantee: &ParticipantId,
-        expires_in_blocks: Option<u64>,
+        expiry_height: Option<u64>,
+        expires_in_blocks: u64,
     ) -> Result<GrantAnswer, ClientError> {
         let mut body = serde_json::json!({ "cid": cid, "grantee": grantee.to_string() });
-        if let Some(n) = expires_in_blocks {
-            body["expires_in_blocks"] = n.into();
+        match expiry_height {
+            Some(h) => body["expiry_height"] = h.into(),
+            None => body["expires_in_blocks"] = expires_in_blocks.into(),
         }
         self.http.post_json("v1/grants", &body, Retry::Once).await
     }

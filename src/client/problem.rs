@@ -152,7 +152,13 @@ impl fmt::Display for Problem {
             write!(f, ": {d}")?;
         }
         for e in &self.errors {
-            write!(f, "\n  - {}: {}", e.field, e.reason)?;
+            // The node often titles a single field error with that error: say it once.
+            let line = format!("{}: {}", e.field, e.reason);
+            if self.errors.len() == 1 && (line == self.title || Some(&line) == self.detail.as_ref())
+            {
+                continue;
+            }
+            write!(f, "\n  - {line}")?;
         }
         if let Some(id) = &self.request_id {
             write!(f, "\n  (request id {id})")?;
@@ -210,6 +216,14 @@ mod tests {
         let d = p.detail.unwrap();
         assert_eq!(d.len(), MAX_TEXT_SNIPPET + 3);
         assert!(d.ends_with("..."));
+    }
+
+    #[test]
+    fn a_single_field_error_repeated_in_the_title_is_said_once() {
+        let body = br#"{"title":"limit: must be 1 to 1000","status":400,
+            "errors":[{"field":"limit","reason":"must be 1 to 1000"}]}"#;
+        let p = Problem::parse(400, None, body);
+        assert_eq!(p.to_string(), "400 limit: must be 1 to 1000");
     }
 
     #[test]
