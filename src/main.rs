@@ -6,7 +6,8 @@ fn main() -> std::process::ExitCode {
         Err(err) => {
             // `{:#}` prints the whole context chain on one line: what failed and why.
             eprintln!("error: {err:#}");
-            std::process::ExitCode::FAILURE
+            // 1 usage/input, 2 refused by the node, 3 node or network failure.
+            std::process::ExitCode::from(ehr::client::exit_code_of(&err))
         }
     }
 }

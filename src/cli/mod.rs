@@ -1,10 +1,16 @@
 //! The `ehr` command line: argument parsing and dispatch. Each area lives in its own module.
 
+mod client;
+mod client_progress;
+mod demo;
 pub mod dev;
 mod init;
 mod ipfs;
+mod ledger;
 mod node;
 mod seal;
+mod search;
+mod upload;
 
 use clap::{Parser, Subcommand};
 
@@ -65,11 +71,43 @@ enum Command {
     Seal(seal::SealArgs),
     /// Open a sealed envelope: verify and decrypt it with its data key.
     Open(seal::OpenArgs),
+    /// Create an identity, or fetch and combine your attribute key (--abe).
+    Keygen(client::KeygenArgs),
+    /// Register participants (attribute authority).
+    #[command(subcommand)]
+    Participant(client::ParticipantCmd),
+    /// Assign or revoke attributes (attribute authority).
+    #[command(subcommand)]
+    Attributes(client::AttributesCmd),
+    /// Upload records to your hospital's node; prints one CID per record.
+    Upload(upload::UploadArgs),
+    /// Search records by keyword without revealing the keywords to the node.
+    Search(search::SearchArgs),
+    /// Fetch a record, decrypt it locally and write it to a file.
+    Get(search::GetArgs),
+    /// Grant a participant access to a record.
+    Grant(client::GrantArgs),
+    /// Revoke a grant.
+    Revoke(client::RevokeArgs),
+    /// Inspect the ledger and verify records' ledger proofs.
+    #[command(subcommand)]
+    Ledger(ledger::LedgerCmd),
+    /// A scripted walkthrough on the development consortium: upload, search, read, verify.
+    Demo(demo::DemoArgs),
 }
 
 /// Parses the command line and runs the chosen command.
+///
+/// Usage errors print clap's message and exit with status 1 (`--help` and `--version` with 0),
+/// the client commands' convention.
 pub fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { 1 } else { 0 });
+        }
+    };
     init_logging(cli.log_format);
     match cli.command {
         Command::Dev(args) => dev::run(args),
@@ -78,5 +116,15 @@ pub fn main() -> anyhow::Result<()> {
         Command::Node(args) => node::run(args),
         Command::Seal(args) => seal::run_seal(args),
         Command::Open(args) => seal::run_open(args),
+        Command::Keygen(args) => client::run_keygen(args),
+        Command::Participant(cmd) => client::run_participant(cmd),
+        Command::Attributes(cmd) => client::run_attributes(cmd),
+        Command::Upload(args) => upload::run(args),
+        Command::Search(args) => search::run_search(args),
+        Command::Get(args) => search::run_get(args),
+        Command::Grant(args) => client::run_grant(args),
+        Command::Revoke(args) => client::run_revoke(args),
+        Command::Ledger(cmd) => ledger::run(cmd),
+        Command::Demo(args) => demo::run(args),
     }
 }
