@@ -1670,7 +1670,19 @@ impl LedgerState {
         // Canonical encoding only: every list sorted by key, each entry once. A repeated entry
         // keeps the state root (the maps keep the last copy) but would leave stale entries in
         // the secondary indexes (`grants_by_record` authorises reads).
-        if st.snapshot() != snapshot {
+        // A version-1 snapshot's canonical form is its version-2 encoding: the same body
+        // followed by an empty list of authentication keys.
+        let canonical: std::borrow::Cow<'_, [u8]> = match snapshot.strip_prefix(SNAPSHOT_MAGIC_V1) {
+            Some(body) => {
+                let mut v2 = Vec::with_capacity(snapshot.len() + 1);
+                v2.extend_from_slice(SNAPSHOT_MAGIC);
+                v2.extend_from_slice(body);
+                v2.push(0);
+                v2.into()
+            }
+            None => snapshot.into(),
+        };
+        if st.snapshot() != *canonical {
             return Err(StateError::Malformed(
                 "snapshot: not the canonical encoding (entries repeated or out of order)".into(),
             ));
