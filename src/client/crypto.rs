@@ -31,13 +31,11 @@ pub fn seal_context(capsule: &CapsuleId) -> SealContext {
     SealContext::new(capsule.0.to_vec())
 }
 
-/// The associated data binding a record's CP-ABE wrapped data key to its capsule and CID.
+/// The associated data binding a record's CP-ABE wrapped data key to its capsule and CID (the
+/// node's definition, [`crate::node::upload::record_key_aad`]: one definition, so the two sides
+/// cannot drift).
 pub fn record_key_aad(capsule: &CapsuleId, cid: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(RECORD_KEY_AAD_PREFIX.len() + 32 + cid.len());
-    aad.extend_from_slice(RECORD_KEY_AAD_PREFIX);
-    aad.extend_from_slice(&capsule.0);
-    aad.extend_from_slice(cid);
-    aad
+    crate::node::upload::record_key_aad(&capsule.0, cid)
 }
 
 /// The user id attribute keys are issued for.
@@ -237,28 +235,9 @@ pub fn search_body(q: &Query, limit: usize, cursor: Option<&str>) -> Zeroizing<S
     ))
 }
 
-/// Maps a record's FHIR keywords to search keywords the way the node does for the uploads it
-/// seals itself: text fields (`...:text`) give one [`Keyword::text`] per word; values with a `|`
-/// are coding tokens ([`Keyword::code`]); other values become `field|value` code tokens (such
-/// as `_type|Observation`). Keywords the search layer refuses (too long) are skipped.
-pub fn search_keywords(kws: &[crate::fhir::Keyword]) -> Vec<Keyword> {
-    let mut out = Vec::with_capacity(kws.len());
-    for k in kws {
-        if k.field.ends_with(":text") {
-            out.extend(
-                k.value
-                    .split_whitespace()
-                    .filter_map(|w| Keyword::text(w).ok()),
-            );
-        } else if k.value.contains('|') {
-            out.extend(Keyword::code(&k.value).ok());
-        } else {
-            let t = Zeroizing::new(format!("{}|{}", k.field, k.value));
-            out.extend(Keyword::code(&t).ok());
-        }
-    }
-    out
-}
+/// Maps a record's FHIR keywords to search keywords exactly as the node does for the uploads it
+/// seals itself (the same function: [`crate::node::upload::search_keywords`]).
+pub use crate::node::upload::search_keywords;
 
 /// The keyword keys `K_{w,e}` of `keywords` at `state`'s current epoch, de-duplicated and
 /// sorted (so their order says nothing about the keywords), base64url and comma-separated:
