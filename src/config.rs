@@ -381,9 +381,9 @@ pub fn write_key_file(path: &Path, kind: &str, key: &[u8]) -> Result<(), ConfigE
     Ok(())
 }
 
-/// Reads a key file of `kind`; refuses files readable by group or others, and content that is
-/// not exactly one `ehr-<kind>-key-v1:<hex>` line. The bytes are wiped when dropped.
-pub fn read_key_file(path: &Path, kind: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+/// Reads a file that must not be readable by group or others (at most `max` bytes are read;
+/// a larger file reads as `max + 1` bytes for the caller to refuse). Wiped when dropped.
+pub fn read_private(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
     use std::io::Read as _;
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
@@ -401,17 +401,63 @@ pub fn read_key_file(path: &Path, kind: &str) -> Result<Zeroizing<Vec<u8>>, Conf
             });
         }
     }
-    let mut text = Zeroizing::new(String::new());
-    file.take(MAX_KEY_FILE_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(io)?;
+    let mut buf = Zeroizing::new(Vec::new());
+    file.take(max + 1).read_to_end(&mut buf).map_err(io)?;
+    Ok(buf)
+}
+
+/// Writes `bytes` to `path` with mode 0600 through a temporary file, a rename and a sync of the
+/// directory, so a crash leaves the old file or the new one, never a torn one.
+pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_atomically(path, bytes, Some(0o600))
+}
+
+/// Writes a public file (0644) the same way as [`write_private_atomically`].
+pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_atomically(path, bytes, None)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), ConfigError> {
+    use std::io::Write as _;
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    if let Some(mode) = mode {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, mode);
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    let mut f = opts.open(&tmp).map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Reads a key file of `kind`; refuses files readable by group or others, and content that is
+/// not exactly one `ehr-<kind>-key-v1:<hex>` line. The bytes are wiped when dropped.
+pub fn read_key_file(path: &Path, kind: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    let raw = read_private(path, MAX_KEY_FILE_BYTES)?;
     let bad = |reason: &str| ConfigError::KeyFile {
         path: path.to_path_buf(),
         reason: reason.to_owned(),
     };
-    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+    if raw.len() as u64 > MAX_KEY_FILE_BYTES {
         return Err(bad("too large for a key file"));
     }
+    let text = std::str::from_utf8(&raw).map_err(|_| bad("not UTF-8 text"))?;
     let prefix = format!("ehr-{kind}-key-v1:");
     let body = text
         .trim_end_matches(['\n', '\r'])

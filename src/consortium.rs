@@ -29,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::config::{
-    ConfigError, HospitalConfig, HttpConfig, IpfsConfig, LedgerConfig, NodeConfig, write_key_file,
+    ConfigError, HospitalConfig, HttpConfig, IpfsConfig, LedgerConfig, NodeConfig, read_private,
+    write_key_file,
 };
 
 /// The only consortium and identity file version.
@@ -263,7 +264,7 @@ impl IdentityFile {
 
     /// Reads an identity file (refused when group or world readable).
     pub fn load(path: &Path) -> Result<IdentityFile, ConfigError> {
-        let text = read_private(path)?;
+        let text = read_private(path, 1 << 20)?;
         serde_json::from_slice(&text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             reason: format!("not an identity file: {e}"),
@@ -301,64 +302,7 @@ impl IdentityFile {
     }
 }
 
-/// Reads a file that must not be readable by group or others.
-fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
-    use std::io::Read as _;
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(io)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(ConfigError::Permissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    let mut buf = Zeroizing::new(Vec::new());
-    file.take(1 << 20).read_to_end(&mut buf).map_err(io)?;
-    Ok(buf)
-}
-
-/// Writes `bytes` to `path` with mode 0600 through a temporary file and a rename.
-pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    use std::io::Write as _;
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
-}
-
-/// Writes a public file (0644) atomically.
-pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    use std::io::Write as _;
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
-    Ok(())
-}
+pub use crate::config::{write_private_atomically, write_public_atomically};
 
 /// The libp2p protobuf encoding of the Ed25519 keypair with this seed (what the blockstore's
 /// identity file holds): `PrivateKey { Type = Ed25519, Data = secret || public }`.
