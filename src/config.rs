@@ -409,15 +409,27 @@ pub fn read_private(path: &Path, max: u64) -> Result<Zeroizing<Vec<u8>>, ConfigE
 /// Writes `bytes` to `path` with mode 0600 through a temporary file, a rename and a sync of the
 /// directory, so a crash leaves the old file or the new one, never a torn one.
 pub fn write_private_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    write_atomically(path, bytes, Some(0o600))
+    write_atomically(path, bytes, Some(0o600), true)
+}
+
+/// Like [`write_private_atomically`], but fails with `AlreadyExists` instead of replacing an
+/// existing file (the check and the creation are one atomic link, so two writers cannot both
+/// win).
+pub fn write_private_new(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
+    write_atomically(path, bytes, Some(0o600), false)
 }
 
 /// Writes a public file (0644) the same way as [`write_private_atomically`].
 pub fn write_public_atomically(path: &Path, bytes: &[u8]) -> Result<(), ConfigError> {
-    write_atomically(path, bytes, None)
+    write_atomically(path, bytes, None, true)
 }
 
-fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), ConfigError> {
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    mode: Option<u32>,
+    replace: bool,
+) -> Result<(), ConfigError> {
     use std::io::Write as _;
     let io = |source| ConfigError::Io {
         path: path.to_path_buf(),
@@ -436,7 +448,13 @@ fn write_atomically(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<(), 
     let mut f = opts.open(&tmp).map_err(io)?;
     f.write_all(bytes).map_err(io)?;
     f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)?;
+    if replace {
+        std::fs::rename(&tmp, path).map_err(io)?;
+    } else {
+        let linked = std::fs::hard_link(&tmp, path);
+        let _ = std::fs::remove_file(&tmp);
+        linked.map_err(io)?;
+    }
     #[cfg(unix)]
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)

@@ -28,6 +28,7 @@ use rand::RngCore as _;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize as _, Zeroizing};
 
+use crate::client::identity::IdentityRole;
 use crate::config::{
     ConfigError, HospitalConfig, HttpConfig, IpfsConfig, LedgerConfig, NodeConfig, read_private,
     write_key_file,
@@ -100,7 +101,7 @@ fn bad(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 fn parse_key_hex(key: &str, text: &str) -> Result<[u8; 32], ConfigError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).map_err(|_| bad(key, "must be 64 hex digits"))?;
+    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| bad(key, "must be 64 hex digits"))?;
     ed25519_dalek::VerifyingKey::from_bytes(&out)
         .map_err(|_| bad(key, "not an Ed25519 public key"))?;
     Ok(out)
@@ -120,24 +121,46 @@ impl Consortium {
             .take(MAX_CONSORTIUM_FILE + 1)
             .read_to_end(&mut buf)
             .map_err(io)?;
-        let file: ConsortiumFile =
-            serde_json::from_slice(&buf).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                reason: format!("not a consortium file: {e}"),
-            })?;
+        Self::from_json(path, &buf)
+    }
+
+    /// Parses and checks a consortium file's JSON (`path` only names it in errors).
+    pub fn from_json(path: &Path, json: &[u8]) -> Result<Consortium, ConfigError> {
+        let parse = |reason: String| ConfigError::Parse {
+            path: path.to_path_buf(),
+            reason,
+        };
+        if json.len() as u64 > MAX_CONSORTIUM_FILE {
+            return Err(parse(format!("larger than {MAX_CONSORTIUM_FILE} bytes")));
+        }
+        let file: ConsortiumFile = serde_json::from_slice(json)
+            .map_err(|e| parse(format!("not a consortium file: {e}")))?;
         Self::check(file)
     }
 
-    /// Checks a parsed file.
+    /// Checks a parsed file: the one set of checks the node and the client both apply. Errors
+    /// name the field (`consortium.<field>`) and the reason.
     pub fn check(file: ConsortiumFile) -> Result<Consortium, ConfigError> {
         if file.version != FILE_VERSION {
-            return Err(bad("version", format!("{} is not supported", file.version)));
+            return Err(bad(
+                "version",
+                format!(
+                    "version {} is not supported (expected {FILE_VERSION})",
+                    file.version
+                ),
+            ));
+        }
+        if file.chain_id.is_empty() {
+            return Err(bad("chain_id", "must not be empty"));
         }
         let n = file.validators.len();
         if n == 0 || n < 3 * file.f + 1 {
             return Err(bad(
                 "validators",
-                format!("{n} validators cannot tolerate f = {}", file.f),
+                format!(
+                    "{n} validators cannot tolerate f = {} faults (need 3f+1)",
+                    file.f
+                ),
             ));
         }
         let mut keys = Vec::with_capacity(n);
@@ -145,25 +168,33 @@ impl Consortium {
             if v.id as usize != i {
                 return Err(bad(
                     format!("validators[{i}].id"),
-                    "ids must be 0, 1, 2, ...",
+                    format!("is {} but must be {i} (ids in order)", v.id),
                 ));
             }
             keys.push(parse_key_hex(&format!("validators[{i}].key"), &v.key)?);
         }
         let pp_bytes = B64
             .decode(file.abe_public_params.trim())
-            .map_err(|_| bad("abe_public_params", "not base64url"))?;
+            .map_err(|_| bad("abe_public_params", "must be base64url without padding"))?;
         let abe_params = PublicParams::from_bytes(&pp_bytes)
             .map_err(|e| bad("abe_public_params", e.to_string()))?;
         if abe_params.validators() != n || abe_params.threshold() != file.threshold {
             return Err(bad(
                 "abe_public_params",
-                "its validator count or threshold differs from the file's",
+                format!(
+                    "are {}-of-{} but the file says {}-of-{n}",
+                    abe_params.threshold(),
+                    abe_params.validators(),
+                    file.threshold
+                ),
             ));
         }
         if file.threshold == 0 || file.threshold > n {
             return Err(bad("threshold", format!("must be within 1..={n}")));
         }
+        abe_params
+            .verify_consistency()
+            .map_err(|e| bad("abe_public_params", e.to_string()))?;
         if file.genesis.chain_id != file.chain_id {
             return Err(bad("genesis.chain_id", "differs from chain_id"));
         }
@@ -198,7 +229,9 @@ impl Consortium {
     }
 }
 
-/// An identity file (the contract's format). Its secret strings are wiped on drop.
+/// An identity file: the one on-disk form, written by the ceremony and by `ehr keygen`, read by
+/// the node's tests and by the client ([`crate::client::Identity`] checks every field of it).
+/// Its secret strings are wiped on drop.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdentityFile {
@@ -206,8 +239,8 @@ pub struct IdentityFile {
     pub version: u32,
     /// Participant id (hex public key).
     pub participant: String,
-    /// `researcher`, `hospital`, `authority`, `patient` or `validator`.
-    pub role: String,
+    /// The participant's role.
+    pub role: IdentityRole,
     /// Public label.
     pub label: String,
     /// Hex Ed25519 seed (secret).
@@ -244,7 +277,7 @@ impl IdentityFile {
     /// An identity file for `key`.
     pub fn new(
         key: &SigningKey,
-        role: &str,
+        role: IdentityRole,
         label: &str,
         abe_key: Option<&UserKey>,
         chain_id: &str,
@@ -253,7 +286,7 @@ impl IdentityFile {
         IdentityFile {
             version: FILE_VERSION,
             participant: hex::encode(key.verifying_key().to_bytes()),
-            role: role.to_owned(),
+            role,
             label: label.to_owned(),
             signing_key: hex::encode(key.to_bytes()),
             abe_key: abe_key.map(|k| B64.encode(&*k.to_bytes())),
@@ -620,7 +653,7 @@ pub fn init_consortium(opts: &InitOptions) -> Result<InitReport, ConfigError> {
     let authority_path = opts.out.join("authority.json");
     IdentityFile::new(
         &authority,
-        "authority",
+        IdentityRole::Authority,
         "authority",
         None,
         &opts.chain_id,
@@ -632,7 +665,7 @@ pub fn init_consortium(opts: &InitOptions) -> Result<InitReport, ConfigError> {
         let p = opts.out.join(format!("hospital-{i}.json"));
         IdentityFile::new(
             k,
-            "hospital",
+            IdentityRole::Hospital,
             &format!("hospital-{i}"),
             None,
             &opts.chain_id,
@@ -661,7 +694,7 @@ pub fn init_consortium(opts: &InitOptions) -> Result<InitReport, ConfigError> {
         let p = opts.out.join(format!("researcher-{k}.json"));
         IdentityFile::new(
             key,
-            "researcher",
+            IdentityRole::Researcher,
             &format!("researcher-{k}"),
             Some(&uk),
             &opts.chain_id,

@@ -332,14 +332,23 @@ fn the_cli_drives_a_consortium_end_to_end() {
     assert_eq!(r.code, 2, "{r:?}");
     let mut forged: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&consortium).unwrap()).unwrap();
-    let other = ed25519_dalek::SigningKey::from_bytes(&[77; 32]);
-    forged["validators"][0]["key"] = hex::encode(other.verifying_key().to_bytes()).into();
-    forged["validators"][1]["key"] = hex::encode(
-        ed25519_dalek::SigningKey::from_bytes(&[78; 32])
+    // A self-consistent file (the genesis registers the swapped validators too), so that the
+    // refusal below comes from the proof, not from the file check.
+    for (i, seed) in [(0usize, 77u8), (1, 78)] {
+        let new_key = ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
             .verifying_key()
-            .to_bytes(),
-    )
-    .into();
+            .to_bytes();
+        let old_hex = forged["validators"][i]["key"].clone();
+        let old_bytes = serde_json::json!(hex::decode(old_hex.as_str().unwrap()).unwrap());
+        forged["validators"][i]["key"] = hex::encode(new_key).into();
+        for p in forged["genesis"]["participants"].as_array_mut().unwrap() {
+            if p["key"] == old_hex {
+                p["key"] = hex::encode(new_key).into();
+            } else if p["key"] == old_bytes {
+                p["key"] = serde_json::json!(new_key.to_vec());
+            }
+        }
+    }
     std::fs::write(w.join("forged.json"), serde_json::to_vec(&forged).unwrap()).unwrap();
     let r = ehr(
         w,

@@ -1,19 +1,18 @@
 //! The consortium file (`consortium.json`): the client's trust anchor. It names the chain, the
 //! validators (their Ed25519 keys, which alone decide whether a commit certificate is valid)
 //! and the CP-ABE public parameters (which alone decide whether a partial key is valid).
+//!
+//! The file format and its checks are the node's ([`crate::consortium::ConsortiumFile`],
+//! [`crate::consortium::Consortium::check`]): one definition, so the node and its clients cannot
+//! disagree on what a valid consortium is. This is the client's view of a checked file.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ehr_ledger::crypto::Ed25519Verifier;
 use ehr_search::abe::PublicParams;
-use serde::Deserialize;
 
 use super::error::ClientError;
-
-/// Largest consortium file read.
-const MAX_CONSORTIUM_FILE: u64 = 16 << 20;
+use crate::consortium as checked;
 
 /// One validator of the consortium.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,136 +44,43 @@ pub struct Consortium {
     pub abe_params: PublicParams,
 }
 
-#[derive(Deserialize)]
-struct ValidatorFile {
-    id: u32,
-    key: String,
-    #[serde(default)]
-    peer_addr: String,
-    #[serde(default)]
-    http_url: String,
-}
-
-#[derive(Deserialize)]
-struct ConsortiumFile {
-    version: u32,
-    chain_id: String,
-    #[serde(default)]
-    epoch: u64,
-    f: usize,
-    threshold: usize,
-    validators: Vec<ValidatorFile>,
-    abe_public_params: String,
-}
-
 impl Consortium {
     /// Loads and checks a consortium file.
     pub fn load(path: &Path) -> Result<Consortium, ClientError> {
-        use std::io::Read as _;
-        let file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
-        let mut buf = Vec::new();
-        file.take(MAX_CONSORTIUM_FILE + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| ClientError::io(path, e))?;
-        if buf.len() as u64 > MAX_CONSORTIUM_FILE {
-            return Err(format_err(
-                path,
-                "-",
-                format!("larger than {MAX_CONSORTIUM_FILE} bytes"),
-            ));
-        }
-        Consortium::from_json(path, &buf)
+        checked::Consortium::load(path)
+            .map(Consortium::from_checked)
+            .map_err(|e| ClientError::from_file(path, e))
     }
 
     /// Parses and checks a consortium file's JSON (`path` only names it in errors).
     pub fn from_json(path: &Path, json: &[u8]) -> Result<Consortium, ClientError> {
-        let file: ConsortiumFile = serde_json::from_slice(json)
-            .map_err(|e| format_err(path, "-", format!("not a consortium file: {e}")))?;
-        if file.version != 1 {
-            return Err(format_err(
-                path,
-                "version",
-                format!("version {} is not supported", file.version),
-            ));
-        }
-        if file.chain_id.is_empty() {
-            return Err(format_err(path, "chain_id", "must not be empty".into()));
-        }
-        let n = file.validators.len();
-        if n == 0 || n < 3 * file.f + 1 {
-            return Err(format_err(
-                path,
-                "validators",
-                format!(
-                    "{n} validators cannot tolerate f = {} faults (need 3f+1)",
-                    file.f
-                ),
-            ));
-        }
-        let mut validators = Vec::with_capacity(n);
-        for (i, v) in file.validators.into_iter().enumerate() {
-            let field = format!("validators[{i}]");
-            if v.id as usize != i {
-                return Err(format_err(
-                    path,
-                    &format!("{field}.id"),
-                    format!("is {} but must be {i} (ids in order)", v.id),
-                ));
-            }
-            let mut key = [0u8; 32];
-            hex::decode_to_slice(v.key.trim(), &mut key).map_err(|_| {
-                format_err(
-                    path,
-                    &format!("{field}.key"),
-                    "must be 64 hex digits".into(),
-                )
-            })?;
-            if ed25519_dalek::VerifyingKey::from_bytes(&key).is_err() {
-                return Err(format_err(
-                    path,
-                    &format!("{field}.key"),
-                    "not an Ed25519 public key".into(),
-                ));
-            }
-            validators.push(Validator {
+        checked::Consortium::from_json(path, json)
+            .map(Consortium::from_checked)
+            .map_err(|e| ClientError::from_file(path, e))
+    }
+
+    /// The client's view of a consortium the node's checks accepted.
+    fn from_checked(c: checked::Consortium) -> Consortium {
+        let validators = c
+            .file
+            .validators
+            .iter()
+            .zip(&c.validator_keys)
+            .map(|(v, key)| Validator {
                 id: v.id,
-                key,
-                peer_addr: v.peer_addr,
-                http_url: v.http_url,
-            });
-        }
-        let pp_bytes = B64.decode(file.abe_public_params.trim()).map_err(|_| {
-            format_err(
-                path,
-                "abe_public_params",
-                "must be base64url without padding".into(),
-            )
-        })?;
-        let abe_params = PublicParams::from_bytes(&pp_bytes)
-            .map_err(|e| format_err(path, "abe_public_params", e.to_string()))?;
-        if abe_params.threshold() != file.threshold || abe_params.validators() != n {
-            return Err(format_err(
-                path,
-                "abe_public_params",
-                format!(
-                    "are {}-of-{} but the file says {}-of-{n}",
-                    abe_params.threshold(),
-                    abe_params.validators(),
-                    file.threshold
-                ),
-            ));
-        }
-        abe_params
-            .verify_consistency()
-            .map_err(|e| format_err(path, "abe_public_params", e.to_string()))?;
-        Ok(Consortium {
-            chain_id: file.chain_id,
-            epoch: file.epoch,
-            f: file.f,
-            threshold: file.threshold,
+                key: *key,
+                peer_addr: v.peer_addr.clone(),
+                http_url: v.http_url.clone(),
+            })
+            .collect();
+        Consortium {
+            chain_id: c.file.chain_id,
+            epoch: c.file.epoch,
+            f: c.file.f,
+            threshold: c.file.threshold,
             validators,
-            abe_params,
-        })
+            abe_params: c.abe_params,
+        }
     }
 
     /// Number of validators.
@@ -194,17 +100,11 @@ impl Consortium {
     }
 }
 
-fn format_err(path: &Path, field: &str, reason: String) -> ClientError {
-    ClientError::FileFormat {
-        path: PathBuf::from(path),
-        field: field.to_owned(),
-        reason,
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use rand::SeedableRng as _;
 
     /// A consortium file of 4 validators (keys from seeds 1..=4) with 2-of-4 ABE parameters,
@@ -228,7 +128,19 @@ pub(crate) mod tests {
                 "ipfs_peer_id": "x", "ipfs_addrs": []
             })).collect::<Vec<_>>(),
             "abe_public_params": B64.encode(pp.to_bytes()),
-            "genesis": {"chain_id": "ehr-test", "participants": []}
+            "genesis": ehr_ledger::state::Genesis {
+                chain_id: "ehr-test".into(),
+                participants: keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| ehr_ledger::state::GenesisParticipant {
+                        key: k.verifying_key().to_bytes(),
+                        role: ehr_ledger::tx::Role::Validator,
+                        label: format!("validator-{i}"),
+                        attributes: vec![],
+                    })
+                    .collect(),
+            }
         });
         (json, keys, shares)
     }
@@ -265,6 +177,14 @@ pub(crate) mod tests {
             ),
             ("version", Box::new(|v| v["version"] = 9.into())),
             ("chain_id", Box::new(|v| v["chain_id"] = "".into())),
+            (
+                "genesis.chain_id",
+                Box::new(|v| v["genesis"]["chain_id"] = "other".into()),
+            ),
+            (
+                "genesis.participants",
+                Box::new(|v| v["genesis"]["participants"] = serde_json::json!([])),
+            ),
         ];
         for (field, mutate) in cases {
             let mut v = json.clone();

@@ -124,6 +124,30 @@ impl ClientError {
             source,
         }
     }
+
+    /// The client's form of an error from the shared file readers and checks
+    /// ([`crate::config`], [`crate::consortium`]) about the file at `path`: a bad field keeps its
+    /// name (without the `consortium.` prefix the node's configuration errors carry).
+    pub fn from_file(path: &std::path::Path, e: crate::config::ConfigError) -> ClientError {
+        use crate::config::ConfigError;
+        let format = |field: &str, reason: String| ClientError::FileFormat {
+            path: path.to_owned(),
+            field: field.to_owned(),
+            reason,
+        };
+        match e {
+            ConfigError::Io { path, source } => ClientError::Io { path, source },
+            ConfigError::Permissions { path, mode } => {
+                ClientError::InsecurePermissions { path, mode }
+            }
+            ConfigError::Parse { reason, .. } | ConfigError::KeyFile { reason, .. } => {
+                format("-", reason)
+            }
+            ConfigError::Invalid { key, reason } => {
+                format(key.strip_prefix("consortium.").unwrap_or(&key), reason)
+            }
+        }
+    }
 }
 
 /// The exit code for any error a command returned: the first [`ClientError`] in its chain

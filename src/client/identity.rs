@@ -1,5 +1,6 @@
-//! Identity files: a participant's Ed25519 signing key, its CP-ABE attribute key and where its
-//! node is. JSON, mode 0600:
+//! Identities: a participant's Ed25519 signing key, its CP-ABE attribute key and where its
+//! node is. The file format is [`crate::consortium::IdentityFile`] (the ceremony writes the same
+//! struct); this module checks every field of it. JSON, mode 0600:
 //!
 //! ```json
 //! {"version":1, "participant":"<64 hex>", "role":"researcher", "label":"alice",
@@ -8,12 +9,11 @@
 //! ```
 //!
 //! Files readable by group or others are refused. Secrets are zeroized after use and never
-//! printed: [`Identity`]'s `Debug` shows only public fields. Writes go to a temporary file
-//! beside the destination (mode 0600) that is renamed into place.
+//! printed: [`Identity`]'s `Debug` shows only public fields. Writes go through
+//! [`crate::config`]'s atomic writers (temporary file, sync, rename or link, directory sync).
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -21,12 +21,11 @@ use ed25519_dalek::SigningKey;
 use ehr_ledger::tx::{ParticipantId, Role};
 use ehr_search::abe::UserKey;
 use serde::{Deserialize, Serialize};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use super::error::ClientError;
-
-/// The identity file format version this code writes and reads.
-pub const IDENTITY_VERSION: u32 = 1;
+use crate::config::{ConfigError, read_private, write_private_atomically, write_private_new};
+use crate::consortium::{FILE_VERSION, IdentityFile};
 
 /// Largest identity file read (an ABE key with many attributes is a few tens of KiB).
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
@@ -67,30 +66,6 @@ impl IdentityRole {
             IdentityRole::Authority => "authority",
             IdentityRole::Patient => "patient",
             IdentityRole::Validator => "validator",
-        }
-    }
-}
-
-/// The on-disk form; its secret strings are wiped on drop.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IdentityFile {
-    version: u32,
-    participant: String,
-    role: IdentityRole,
-    label: String,
-    signing_key: String,
-    abe_key: Option<String>,
-    chain_id: String,
-    #[serde(default)]
-    node: Option<String>,
-}
-
-impl Drop for IdentityFile {
-    fn drop(&mut self) {
-        self.signing_key.zeroize();
-        if let Some(k) = self.abe_key.as_mut() {
-            k.zeroize();
         }
     }
 }
@@ -208,11 +183,11 @@ impl Identity {
         };
         let file: IdentityFile = serde_json::from_slice(json)
             .map_err(|e| bad("-", format!("not an identity file: {e}")))?;
-        if file.version != IDENTITY_VERSION {
+        if file.version != FILE_VERSION {
             return Err(bad(
                 "version",
                 format!(
-                    "version {} is not supported (expected {IDENTITY_VERSION})",
+                    "version {} is not supported (expected {FILE_VERSION})",
                     file.version
                 ),
             ));
@@ -262,16 +237,16 @@ impl Identity {
 
     /// The JSON encoding (holds secrets: the caller must wipe it).
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
-        let file = IdentityFile {
-            version: IDENTITY_VERSION,
-            participant: self.participant.to_string(),
-            role: self.role,
-            label: self.label.clone(),
-            signing_key: hex::encode(self.signing_key.to_bytes()),
-            abe_key: self.abe_key.as_ref().map(|k| B64.encode(&*k.to_bytes())),
-            chain_id: self.chain_id.clone(),
-            node: self.node.clone(),
-        };
+        let mut file = IdentityFile::new(
+            &self.signing_key,
+            self.role,
+            &self.label,
+            self.abe_key.as_ref(),
+            &self.chain_id,
+            self.node.clone(),
+        );
+        // After a key rotation the participant id is the registered key, not the signing key.
+        file.participant = self.participant.to_string();
         let mut out = Zeroizing::new(
             serde_json::to_vec_pretty(&file).expect("invariant: identity serialises"),
         );
@@ -281,13 +256,8 @@ impl Identity {
 
     /// Loads an identity file, refusing one that group or others can read.
     pub fn load(path: &Path) -> Result<Identity, ClientError> {
-        let mut file = std::fs::File::open(path).map_err(|e| ClientError::io(path, e))?;
-        check_private(path, &file)?;
-        let mut buf = Zeroizing::new(Vec::new());
-        (&mut file)
-            .take(MAX_IDENTITY_FILE + 1)
-            .read_to_end(&mut buf)
-            .map_err(|e| ClientError::io(path, e))?;
+        let buf =
+            read_private(path, MAX_IDENTITY_FILE).map_err(|e| ClientError::from_file(path, e))?;
         if buf.len() as u64 > MAX_IDENTITY_FILE {
             return Err(ClientError::FileFormat {
                 path: path.to_owned(),
@@ -300,18 +270,28 @@ impl Identity {
 
     /// Writes a new identity file (mode 0600); refuses to overwrite an existing file.
     pub fn save_new(&self, path: &Path) -> Result<(), ClientError> {
-        if path.exists() {
-            return Err(ClientError::input(
+        let refuse = || {
+            ClientError::input(
                 path.display().to_string(),
                 "already exists; refusing to overwrite an identity (choose another --out)",
-            ));
+            )
+        };
+        if path.exists() {
+            return Err(refuse());
         }
-        write_private_atomically(path, &self.to_json(), false)
+        match write_private_new(path, &self.to_json()) {
+            Err(ConfigError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::AlreadyExists =>
+            {
+                Err(refuse())
+            }
+            other => other.map_err(|e| ClientError::from_file(path, e)),
+        }
     }
 
     /// Rewrites the identity file in place (mode 0600, atomically).
     pub fn save(&self, path: &Path) -> Result<(), ClientError> {
-        write_private_atomically(path, &self.to_json(), true)
+        write_private_atomically(path, &self.to_json()).map_err(|e| ClientError::from_file(path, e))
     }
 }
 
@@ -340,65 +320,6 @@ fn check_label(label: &str) -> Result<(), ClientError> {
                 ehr_ledger::tx::MAX_LABEL
             ),
         ));
-    }
-    Ok(())
-}
-
-/// Refuses a secret file that group or others may read or write.
-#[cfg(unix)]
-pub fn check_private(path: &Path, file: &std::fs::File) -> Result<(), ClientError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = file
-        .metadata()
-        .map_err(|e| ClientError::io(path, e))?
-        .permissions()
-        .mode()
-        & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(ClientError::InsecurePermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
-    Ok(())
-}
-
-/// Refuses a secret file that group or others may read (not checkable on this platform).
-#[cfg(not(unix))]
-pub fn check_private(_path: &Path, _file: &std::fs::File) -> Result<(), ClientError> {
-    Ok(())
-}
-
-/// Writes `bytes` to a new temporary file (mode 0600) beside `path`, syncs it and renames it
-/// over `path` (`replace`) or to `path` only if absent (`!replace`).
-pub fn write_private_atomically(
-    path: &Path,
-    bytes: &[u8],
-    replace: bool,
-) -> Result<(), ClientError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".ehr-identity-");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        builder.permissions(std::fs::Permissions::from_mode(0o600));
-    }
-    let mut tmp = builder
-        .tempfile_in(&dir)
-        .map_err(|e| ClientError::io(&dir, e))?;
-    tmp.write_all(bytes)
-        .and_then(|()| tmp.as_file().sync_all())
-        .map_err(|e| ClientError::io(tmp.path(), e))?;
-    if replace {
-        tmp.persist(path)
-            .map_err(|e| ClientError::io(path, e.error))?;
-    } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| ClientError::io(path, e.error))?;
     }
     Ok(())
 }
