@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
@@ -31,6 +32,45 @@ type Ctx = State<Arc<NodeCtx>>;
 type R = Result<Response, Problem>;
 /// One resource to store as a record: its JSON bytes and its keywords.
 type FhirDoc = (Vec<u8>, Vec<crate::fhir::Keyword>);
+
+/// The query string of a request, deserialised; a query that does not fit is a 400 problem
+/// naming the parameter (axum's own rejection would be plain text).
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        axum::extract::Query::<T>::try_from_uri(&parts.uri)
+            .map(|q| Query(q.0))
+            .map_err(|e| {
+                Problem::field(
+                    "query",
+                    format!(
+                        "{} (see this route's parameters at /openapi.json)",
+                        e.body_text()
+                    ),
+                )
+            })
+    }
+}
+
+/// The path parameters of a request; a parameter that is not valid (percent-decoded) UTF-8 is
+/// a 400 problem naming it (axum's own rejection would be plain text).
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(p) => Ok(Path(p.0)),
+            Err(e) => Err(Problem::field("path", e.body_text())),
+        }
+    }
+}
 
 fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)

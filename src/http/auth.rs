@@ -31,7 +31,8 @@ impl Authenticator {
     }
 
     /// Authenticates a request's `Authorization` header. 401 problems say what is wrong
-    /// without echoing the token.
+    /// without echoing the token; a full replay cache is a 503 and too many live tokens of
+    /// one participant a 429 (the caller retries later, its credentials are fine).
     pub fn authenticate(&self, ctx: &NodeCtx, headers: &HeaderMap) -> Result<Principal, Problem> {
         let value = headers
             .get(header::AUTHORIZATION)
@@ -43,13 +44,23 @@ impl Authenticator {
             self.verifier.verify(t, &self.chain_id, now_unix(), &*st)
         });
         result.map_err(|e| {
+            // Load the caller cannot fix by re-authenticating is not a 401: it retries later.
+            let status = match e {
+                AuthError::TooManyLiveTokens => StatusCode::TOO_MANY_REQUESTS,
+                AuthError::ReplayCacheFull => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::UNAUTHORIZED,
+            };
             ctx.metrics
                 .auth_failures
                 .get_or_create(&crate::node::metrics::AuthLabels {
-                    kind: "unauthenticated".into(),
+                    kind: if status == StatusCode::UNAUTHORIZED {
+                        "unauthenticated".into()
+                    } else {
+                        "throttled".into()
+                    },
                 })
                 .inc();
-            Problem::new(StatusCode::UNAUTHORIZED, e.to_string())
+            Problem::new(status, e.to_string())
         })
     }
 }

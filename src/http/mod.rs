@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 
@@ -35,25 +35,84 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         protected.route_layer(middleware::from_fn_with_state(ctx.clone(), authenticate));
     public
         .merge(protected)
-        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such route").into_response() })
+        .fallback(|req: Request| async move {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no such route: {} (the routes are listed at /openapi.json)",
+                    req.uri().path()
+                ),
+            )
+            .into_response()
+        })
+        .method_not_allowed_fallback(|req: Request| async move {
+            let allowed: Vec<&str> = routes::ROUTES
+                .iter()
+                .filter(|r| template_matches(r.path, req.uri().path()))
+                .map(|r| r.method)
+                .collect();
+            let mut resp = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!(
+                    "method {} is not allowed on this route: use {}",
+                    req.method(),
+                    allowed.join(", ")
+                ),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&allowed.join(", ")) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+            resp
+        })
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(ctx)
 }
 
+/// Whether a concrete path matches a route template (`{name}` matches one segment).
+fn template_matches(template: &str, path: &str) -> bool {
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| t == p || (t.starts_with('{') && !p.is_empty()))
+}
+
 async fn authenticate(State(ctx): State<Arc<NodeCtx>>, mut req: Request, next: Next) -> Response {
-    let is_fhir = req.uri().path().starts_with("/fhir");
     match ctx.auth.authenticate(&ctx, req.headers()) {
         Ok(p) => {
             req.extensions_mut().insert(p);
             next.run(req).await
         }
         Err(p) => {
-            problem::FHIR_ERRORS
-                .scope(is_fhir, async move { p.into_response() })
-                .await
+            let status = p.status;
+            let mut resp = p.into_response();
+            if status == StatusCode::UNAUTHORIZED {
+                // RFC 6750 section 3: name the scheme; an error code only when a token was
+                // presented.
+                let challenge = if req.headers().contains_key(header::AUTHORIZATION) {
+                    "Bearer realm=\"ehr\", error=\"invalid_token\""
+                } else {
+                    "Bearer realm=\"ehr\""
+                };
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+            } else if let Some(secs) = p_retry_after(status) {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(secs));
+            }
+            resp
         }
     }
+}
+
+/// The `Retry-After` of an authentication refusal that is about load, not credentials.
+fn p_retry_after(status: StatusCode) -> Option<&'static str> {
+    (status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE)
+        .then_some("5")
 }
 
 fn fresh_request_id() -> String {
@@ -88,7 +147,10 @@ async fn observe(State(ctx): State<Arc<NodeCtx>>, req: Request, next: Next) -> R
     let is_fhir = route.starts_with("/fhir");
     let mut resp = REQUEST_ID
         .scope(rid.clone(), async move {
-            match tokio::time::timeout(timeout, next.run(req)).await {
+            // Every error of a FHIR route (extractors, authentication, handlers, timeouts) is
+            // an OperationOutcome.
+            let run = problem::FHIR_ERRORS.scope(is_fhir, next.run(req));
+            match tokio::time::timeout(timeout, run).await {
                 Ok(r) => r,
                 Err(_) => {
                     problem::FHIR_ERRORS
