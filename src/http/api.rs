@@ -496,7 +496,15 @@ pub async fn get_record(
                 )
             })?;
     }
-    let stream = ctx.blockstore.cat(cid);
+    // The first chunk is read before the answer starts, so a damaged or missing local block
+    // (the whole of a small record) is a 5xx problem rather than a 200 cut short.
+    let mut stream = ctx.blockstore.cat(cid);
+    let first = match futures::StreamExt::next(&mut stream).await {
+        Some(Ok(b)) => Some(Ok::<_, ehr_storage::StoreError>(b)),
+        Some(Err(e)) => return Err(store_problem(&cid, e)),
+        None => None,
+    };
+    let stream = futures::StreamExt::chain(futures::stream::iter(first), stream);
     let mut r = Body::from_stream(stream).into_response();
     let h = r.headers_mut();
     h.insert(
@@ -512,6 +520,22 @@ pub async fn get_record(
     h.insert("ehr-audit-tx", hv(hex::encode(audit_tx)));
     h.insert(header::CONTENT_LENGTH, hv(record.size.to_string()));
     Ok(r)
+}
+
+/// The problem of a blockstore failure while serving a registered record: blocks not here yet
+/// are a 503 (retry), anything else (a block that does not hash to its CID, an unreadable
+/// repository) an internal error, logged with the CID.
+fn store_problem(cid: &Cid, e: ehr_storage::StoreError) -> Problem {
+    use ehr_storage::StoreError as E;
+    match e {
+        E::BlockMissing { .. } | E::IncompleteDag { .. } => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the record's blocks are not available on this node yet: retry shortly or ask another node",
+        ),
+        other => Problem::from(OpError::Internal(format!(
+            "serving the blocks of {cid}: {other}"
+        ))),
+    }
 }
 
 /// `GET /v1/records/{cid}/meta`.
@@ -1264,14 +1288,14 @@ pub async fn ipfs_gateway(
             .blockstore
             .get_block(cid)
             .await
-            .map_err(|e| Problem::new(StatusCode::NOT_FOUND, e.to_string()))?;
+            .map_err(|e| store_problem(&cid, e))?;
         ("application/vnd.ipld.raw", b.to_vec())
     } else {
         let mut out = Vec::new();
         ctx.blockstore
             .export_car(cid, &mut out)
             .await
-            .map_err(|e| Problem::new(StatusCode::NOT_FOUND, e.to_string()))?;
+            .map_err(|e| store_problem(&cid, e))?;
         ("application/vnd.ipld.car; version=1", out)
     };
     let mut r = body.into_response();

@@ -65,6 +65,18 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
             }
             resp
         })
+        // Inside the request-id scope, so a broken invariant in a handler is a 500 problem with
+        // the request id (and a log line) instead of a dropped connection.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                tracing::error!(request_id = %problem::request_id(), "a request handler panicked");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error (see the node's logs with this request id)",
+                )
+                .into_response()
+            },
+        ))
         .layer(middleware::from_fn_with_state(ctx.clone(), observe))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(ctx)

@@ -83,7 +83,8 @@ impl From<OpError> for Problem {
             ),
             OpError::Unavailable(d) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, d),
             OpError::Internal(d) => {
-                tracing::error!(error = %d, "internal error");
+                // The request id is what the client's problem shows: log it to find this line.
+                tracing::error!(error = %d, request_id = %request_id(), "internal error");
                 Problem::new(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal error (see the node's logs with this request id)",
