@@ -754,3 +754,74 @@ async fn every_route_for_every_caller() {
         .shutdown()
         .await;
 }
+
+/// Every file under `dir` whose name holds `needle`.
+fn files_named(dir: &std::path::Path, needle: &str, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            files_named(&p, needle, out);
+        } else if p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains(needle))
+        {
+            out.push(p);
+        }
+    }
+}
+
+/// An internal failure (a record's block damaged on disk) is a 500 problem with the request
+/// id, saying where to look, and never the 200 of a cut-short body or a misleading 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_block_is_a_500_problem_with_a_request_id() {
+    let net = Net::start().await;
+    let up = net
+        .upload(
+            0,
+            "application/fhir+json",
+            serde_json::to_vec(&condition()).unwrap(),
+        )
+        .await;
+    assert_eq!(up.status, 201, "{}", String::from_utf8_lossy(&up.body));
+    let cid = up.json()["records"][0]["cid"].as_str().unwrap().to_owned();
+    let mut files = Vec::new();
+    files_named(&net.dir.join("node-0/data"), &cid, &mut files);
+    assert_eq!(
+        files.len(),
+        1,
+        "one block file of a small record: {files:?}"
+    );
+    let mut bytes = std::fs::read(&files[0]).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(&files[0], &bytes).unwrap();
+
+    let researcher = net.who("researcher.json");
+    for (path, accept) in [
+        (format!("/ipfs/{cid}"), Some("application/vnd.ipld.raw")),
+        (format!("/v1/records/{cid}"), None),
+    ] {
+        let client = reqwest::Client::new();
+        let mut rb = client
+            .get(net.url(0, &path))
+            .bearer_auth(researcher.token());
+        if let Some(a) = accept {
+            rb = rb.header("accept", a);
+        }
+        let r = rb.send().await.unwrap();
+        let r = Resp {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.bytes().await.unwrap().to_vec(),
+        };
+        let p = r.problem(500);
+        assert_eq!(p["request_id"], r.header("x-request-id").as_str(), "{path}");
+        let detail = p["detail"].as_str().unwrap();
+        assert!(detail.contains("logs"), "{path}: {detail}");
+        assert!(
+            !detail.contains(&cid),
+            "{path}: internals stay in the log: {detail}"
+        );
+    }
+    net.dev.shutdown().await;
+}
