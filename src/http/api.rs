@@ -86,7 +86,10 @@ pub async fn read_body(ctx: &NodeCtx, body: Body) -> Result<bytes::Bytes, Proble
     axum::body::to_bytes(body, limit).await.map_err(|_| {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the body is larger than {limit} bytes (or was cut off)"),
+            format!(
+                "body: larger than {limit} bytes (or cut off): split the upload (NDJSON lines, \
+                 smaller Bundles) or raise http.max_body_bytes"
+            ),
         )
     })
 }
@@ -188,7 +191,8 @@ fn must_be_hospital(ctx: &NodeCtx, p: &Principal) -> Result<(), Problem> {
             .inc();
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "only this node's hospital may upload records here",
+            "only this node's hospital may upload records, grant or revoke access here: \
+             use your own hospital's node",
         ));
     }
     Ok(())
@@ -360,8 +364,12 @@ pub async fn post_records(
                 .await?,
         ]
     } else if ctype.is_empty() {
-        return Err(Problem::field("content-type", "header missing")
-            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+        return Err(Problem::field(
+            "content-type",
+            "header missing: send application/fhir+json, application/fhir+ndjson, \
+             application/json, application/vnd.ehr.sealed or a binary type",
+        )
+        .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     } else if ctype.contains("json") {
         return Err(Problem::field(
             "content-type",
@@ -388,10 +396,12 @@ fn record_of(ctx: &NodeCtx, cid: &Cid) -> Result<Record, Problem> {
         .record(&LedgerCid(cid.to_bytes()))
         .cloned()
         .ok_or_else(|| {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "no record with this CID on the ledger",
+            Problem::field(
+                "cid",
+                "no record with this CID on the ledger (a record uploaded elsewhere appears \
+                 once its registration commits)",
             )
+            .with_status(StatusCode::NOT_FOUND)
         })
 }
 
@@ -916,7 +926,11 @@ pub async fn delete_grant(
     must_be_hospital(&ctx, &p)?;
     let id = GrantId(hex32("id", &id)?);
     if ctx.ledger.read().grant(&id).is_none() {
-        return Err(Problem::new(StatusCode::NOT_FOUND, "no such grant"));
+        return Err(Problem::field(
+            "id",
+            "no grant with this id on the ledger (list a record's grants with GET /v1/grants?cid=)",
+        )
+        .with_status(StatusCode::NOT_FOUND));
     }
     let c = ctx
         .hospital
@@ -966,7 +980,8 @@ pub async fn post_transaction(
     if tx.body.sender != p.participant {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "the transaction's sender is not the authenticated participant",
+            "tx: its sender is not the authenticated participant (sign it with the key of the \
+             participant whose token authenticates the request)",
         ));
     }
     let c = ctx.client.submit(bytes).await.map_err(|e| match e {
@@ -1013,7 +1028,7 @@ pub async fn abe_partial(State(ctx): Ctx, Extension(p): Extension<Principal>) ->
     if attrs.is_empty() {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,
-            "you hold no attributes on the ledger",
+            "you hold no attributes on the ledger: ask the attribute authority to assign them",
         ));
     }
     let pp = ctx.consortium.abe_params.clone();
@@ -1061,9 +1076,13 @@ pub async fn get_capsule(
 ) -> R {
     let id = hex32("id", &id)?;
     let st = ctx.ledger.read();
-    let c = st
-        .capsule(&ehr_ledger::tx::CapsuleId(id))
-        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no such capsule"))?;
+    let c = st.capsule(&ehr_ledger::tx::CapsuleId(id)).ok_or_else(|| {
+        Problem::field(
+            "id",
+            "no capsule with this id on the ledger (list them with GET /v1/capsules)",
+        )
+        .with_status(StatusCode::NOT_FOUND)
+    })?;
     Ok(Json(capsule_json(c)).into_response())
 }
 
@@ -1075,9 +1094,13 @@ pub async fn get_participant(
 ) -> R {
     let id = parse_participant("id", &id)?;
     let st = ctx.ledger.read();
-    let p = st
-        .participant(&id)
-        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no such participant"))?;
+    let p = st.participant(&id).ok_or_else(|| {
+        Problem::field(
+            "id",
+            "no participant with this id is registered on the ledger",
+        )
+        .with_status(StatusCode::NOT_FOUND)
+    })?;
     Ok(Json(json!({
         "id": p.id.to_string(),
         "key": hex::encode(p.key),
@@ -1111,12 +1134,22 @@ pub async fn ledger_block(
 ) -> R {
     let h: u64 = h
         .parse()
-        .map_err(|_| Problem::field("height", "must be a number"))?;
+        .map_err(|_| Problem::field("height", "must be a block height (a non-negative integer)"))?;
     let b = ctx
         .store
         .block(h)
         .map_err(|e| Problem::from(OpError::Internal(e.to_string())))?
-        .ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, "no block at this height here"))?;
+        .ok_or_else(|| {
+            let head = ctx.ledger.read().height();
+            Problem::field(
+                "height",
+                format!(
+                    "no block at height {h} on this node (the ledger head is at {head}; blocks \
+                     before a state-transfer checkpoint are not stored here)"
+                ),
+            )
+            .with_status(StatusCode::NOT_FOUND)
+        })?;
     Ok(Json(json!({
         "header": header_json(&b.header),
         "txs": b.txs.iter().map(|t| b64(t)).collect::<Vec<_>>(),
