@@ -4,8 +4,9 @@
 //! (node 0 of an embedded consortium) holding real fixtures (a record, a grant).
 //!
 //! Seeds: the request bodies in `fuzz/corpus/http/` (`<route>--<name>`, with `{cid}`,
-//! `{participant}`, `{trapdoor}` and `{tx}` replaced by live values of the fixture), and valid
-//! path parameters and query strings of each route.
+//! `{participant}`, `{trapdoor}` and `{tx}` replaced by live values of the fixture), the sealed
+//! envelopes of `fuzz/corpus/storage_envelope/` for pre-sealed uploads, and valid path
+//! parameters, query strings and headers of each route.
 //!
 //! Properties of every answer: no 5xx; every error is problem+json (an OperationOutcome on
 //! `/fhir`) whose request id is the `x-request-id` header's and whose `detail` is not empty;
@@ -221,6 +222,15 @@ impl Fixture {
             .collect();
         if prefix.is_empty() || prefix == "records--" {
             v.push(b"\x00\x01binary".to_vec());
+        }
+        if prefix == "records--" {
+            // Sealed envelopes (the storage harness's seeds) for pre-sealed uploads.
+            v.extend(
+                mutate::corpus("storage_envelope")
+                    .into_iter()
+                    .filter(|(_, b)| b.len() <= MAX_BODY)
+                    .map(|(_, b)| b),
+            );
         }
         v
     }
@@ -596,6 +606,7 @@ fn http_inputs_never_fail_the_server_and_refusals_write_nothing() {
     let fx = Fixture::start();
     let mut config = mutate::config(CASES);
     config.max_shrink_iters = 200;
+    config.source_file = Some(file!());
     let mut runner =
         TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed()));
     let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
