@@ -82,6 +82,7 @@ impl From<OpError> for Problem {
                 format!("the ledger rejected the transaction: {code}: {reason}"),
             ),
             OpError::Unavailable(d) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, d),
+            OpError::TooLarge(d) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, d),
             OpError::Internal(d) => {
                 tracing::error!(error = %d, "internal error");
                 Problem::new(
