@@ -16,6 +16,7 @@
 //! | `PublishCapsule` | a hospital | new id; policy parses |
 //! | `RotateCapsuleEpoch` | the capsule's owner | epoch = current + 1 |
 //! | `RegisterRecord` | the capsule's owner (a hospital) | new CID; epoch = capsule's current epoch; patient is a registered patient |
+//! | `RegisterRecords` | the capsule's owner (a hospital) | as `RegisterRecord` for every record (all or none; distinct CIDs) |
 //! | `Grant` | the record's owner or patient | record active; grantee registered; expiry in the future |
 //! | `Revoke` | the grantor, the record's owner or patient | grant active |
 //! | `Supersede` | the owner of both records | both active |
@@ -975,6 +976,58 @@ impl LedgerState {
         Ok(())
     }
 
+    /// Whether `sender` may register records under `capsule` at `epoch`.
+    fn check_record_capsule(
+        &self,
+        sender: &Participant,
+        capsule: &CapsuleId,
+        epoch: u64,
+    ) -> Result<(), TxReject> {
+        Self::require_role(sender, &[Role::Hospital], "register a record")?;
+        let c = self
+            .capsules
+            .get(capsule)
+            .ok_or_else(|| reject(codes::UNKNOWN_CAPSULE, "capsule: not published"))?;
+        if c.owner != sender.id {
+            return Err(reject(
+                codes::NOT_PERMITTED,
+                "capsule: owned by another hospital",
+            ));
+        }
+        if c.epoch != epoch {
+            return Err(reject(
+                codes::WRONG_EPOCH,
+                format!("epoch: {epoch}, the capsule is at epoch {}", c.epoch),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether a record `cid` (of `patient`) may be registered; `at` prefixes field names.
+    fn check_new_record(
+        &self,
+        cid: &Cid,
+        patient: Option<&ParticipantId>,
+        at: &str,
+    ) -> Result<(), TxReject> {
+        if self.records.contains_key(cid) {
+            return Err(reject(
+                codes::DUPLICATE,
+                format!("{at}cid: already registered"),
+            ));
+        }
+        if let Some(p) = patient {
+            let p = self.existing_participant(p, &format!("{at}patient"))?;
+            if p.role != Role::Patient {
+                return Err(reject(
+                    codes::INVALID_FIELD,
+                    format!("{at}patient: participant is not a patient"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn validate_kind(
         &self,
         sender: &Participant,
@@ -1090,34 +1143,17 @@ impl LedgerState {
                 patient,
                 ..
             } => {
-                Self::require_role(sender, &[Role::Hospital], "register a record")?;
-                let c = self
-                    .capsules
-                    .get(capsule)
-                    .ok_or_else(|| reject(codes::UNKNOWN_CAPSULE, "capsule: not published"))?;
-                if c.owner != sender.id {
-                    return Err(reject(
-                        codes::NOT_PERMITTED,
-                        "capsule: owned by another hospital",
-                    ));
-                }
-                if c.epoch != *epoch {
-                    return Err(reject(
-                        codes::WRONG_EPOCH,
-                        format!("epoch: {epoch}, the capsule is at epoch {}", c.epoch),
-                    ));
-                }
-                if self.records.contains_key(cid) {
-                    return Err(reject(codes::DUPLICATE, "cid: already registered"));
-                }
-                if let Some(p) = patient {
-                    let p = self.existing_participant(p, "patient")?;
-                    if p.role != Role::Patient {
-                        return Err(reject(
-                            codes::INVALID_FIELD,
-                            "patient: participant is not a patient",
-                        ));
-                    }
+                self.check_record_capsule(sender, capsule, *epoch)?;
+                self.check_new_record(cid, patient.as_ref(), "")
+            }
+            TxKind::RegisterRecords {
+                capsule,
+                epoch,
+                records,
+            } => {
+                self.check_record_capsule(sender, capsule, *epoch)?;
+                for (i, r) in records.iter().enumerate() {
+                    self.check_new_record(&r.cid, r.patient.as_ref(), &format!("records[{i}]."))?;
                 }
                 Ok(())
             }
@@ -1263,6 +1299,19 @@ impl LedgerState {
         self.dirty.insert(StateKey::Attributes(id));
     }
 
+    /// Adds a validated new record (and its event).
+    fn insert_record(&mut self, record: Record) {
+        self.events.push(StateEvent::RecordAdded {
+            cid: record.cid.clone(),
+            capsule: record.capsule,
+            epoch: record.epoch,
+            labels: record.search_labels.clone(),
+            height: record.registered_at,
+        });
+        self.dirty.insert(StateKey::Record(record.cid.clone()));
+        self.records.insert(record.cid.clone(), record);
+    }
+
     fn execute(&mut self, tx: SignedTx, id: Hash, height: u64) {
         let sender = tx.body.sender;
         self.nonces.insert(sender, tx.body.nonce);
@@ -1382,31 +1431,39 @@ impl LedgerState {
                 search_labels,
                 size,
                 patient,
+            } => self.insert_record(Record {
+                cid,
+                owner: sender,
+                capsule,
+                epoch,
+                wrapped_key,
+                search_labels,
+                size,
+                patient,
+                registered_at: height,
+                tx: id,
+                status: RecordStatus::Active,
+            }),
+            TxKind::RegisterRecords {
+                capsule,
+                epoch,
+                records,
             } => {
-                self.events.push(StateEvent::RecordAdded {
-                    cid: cid.clone(),
-                    capsule,
-                    epoch,
-                    labels: search_labels.clone(),
-                    height,
-                });
-                self.dirty.insert(StateKey::Record(cid.clone()));
-                self.records.insert(
-                    cid.clone(),
-                    Record {
-                        cid,
+                for r in records {
+                    self.insert_record(Record {
+                        cid: r.cid,
                         owner: sender,
                         capsule,
                         epoch,
-                        wrapped_key,
-                        search_labels,
-                        size,
-                        patient,
+                        wrapped_key: r.wrapped_key,
+                        search_labels: r.search_labels,
+                        size: r.size,
+                        patient: r.patient,
                         registered_at: height,
                         tx: id,
                         status: RecordStatus::Active,
-                    },
-                );
+                    });
+                }
             }
             TxKind::Grant {
                 cid,

@@ -47,6 +47,9 @@ pub const MAX_WRAPPED_KEY: usize = 4096;
 pub const MAX_CID_LEN: usize = 128;
 /// The most search labels one record may carry.
 pub const MAX_SEARCH_LABELS: usize = 2048;
+/// The most records one `RegisterRecords` transaction may register (the encoded transaction
+/// must also fit [`MAX_TX_BYTES`]).
+pub const MAX_RECORDS_PER_TX: usize = 256;
 /// The longest registered authentication key (SubjectPublicKeyInfo DER), in bytes.
 pub const MAX_AUTH_KEY_DER: usize = 1024;
 /// The smallest accepted RSA modulus of an authentication key, in bits.
@@ -362,6 +365,44 @@ pub enum TxKind {
         /// The key's hash ([`auth_key_hash`] of its DER).
         key_hash: [u8; 32],
     },
+    /// Registers several sealed records of one capsule atomically: all of them or none (a FHIR
+    /// transaction Bundle). Each is judged as a `RegisterRecord` would be.
+    RegisterRecords {
+        /// The capsule (policy and search key) they were sealed and indexed under.
+        capsule: CapsuleId,
+        /// The capsule epoch their search labels were computed with (the current one).
+        epoch: u64,
+        /// The records, in order (1..=[`MAX_RECORDS_PER_TX`], distinct CIDs).
+        records: Vec<NewRecord>,
+    },
+}
+
+/// One record of a [`TxKind::RegisterRecords`] transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRecord {
+    /// The record's content identifier.
+    pub cid: Cid,
+    /// The data key wrapped with CP-ABE under the capsule's policy.
+    pub wrapped_key: Vec<u8>,
+    /// Opaque per-entry search labels.
+    pub search_labels: Vec<[u8; 16]>,
+    /// Ciphertext size in bytes.
+    pub size: u64,
+    /// The record's patient, if it is a registered participant.
+    pub patient: Option<ParticipantId>,
+}
+
+impl NewRecord {
+    fn validate_fields(&self) -> Result<(), TxReject> {
+        check_len("cid", self.cid.0.len(), 1, MAX_CID_LEN)?;
+        check_len("wrapped_key", self.wrapped_key.len(), 1, MAX_WRAPPED_KEY)?;
+        check_len(
+            "search_labels",
+            self.search_labels.len(),
+            0,
+            MAX_SEARCH_LABELS,
+        )
+    }
 }
 
 impl TxKind {
@@ -381,6 +422,7 @@ impl TxKind {
             TxKind::RecordAccess { .. } => "RecordAccess",
             TxKind::RegisterAuthKey { .. } => "RegisterAuthKey",
             TxKind::RevokeAuthKey { .. } => "RevokeAuthKey",
+            TxKind::RegisterRecords { .. } => "RegisterRecords",
         }
     }
 }
@@ -517,6 +559,22 @@ impl TxBody {
                 public_key_der,
             } => {
                 parse_auth_key(*alg, public_key_der)?;
+            }
+            TxKind::RegisterRecords { records, .. } => {
+                check_len("records", records.len(), 1, MAX_RECORDS_PER_TX)?;
+                let mut cids = std::collections::BTreeSet::new();
+                for (i, r) in records.iter().enumerate() {
+                    r.validate_fields().map_err(|mut e| {
+                        e.reason = format!("records[{i}].{}", e.reason);
+                        e
+                    })?;
+                    if !cids.insert(&r.cid) {
+                        return Err(reject(
+                            codes::INVALID_FIELD,
+                            format!("records[{i}].cid: appears twice in the transaction"),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -5,7 +5,9 @@ mod state_support;
 
 use ehr_ledger::app::{App, Hash, TxOutcome};
 use ehr_ledger::state::{LedgerState, StateKey, StateProof};
-use ehr_ledger::tx::{CapsuleId, GrantId, Purpose, Role, Scope, SignedTx, TxKind, codes};
+use ehr_ledger::tx::{
+    CapsuleId, GrantId, NewRecord, Purpose, Role, Scope, SignedTx, TxKind, codes,
+};
 use proptest::prelude::*;
 use state_support::*;
 
@@ -84,6 +86,27 @@ fn build(net: &mut Net, steps: &[Step], cuts: &[u8]) -> Vec<Vec<Vec<u8>>> {
                         capsule: CapsuleId([s.a; 32]),
                         epoch: epoch + u64::from(s.b % 3 != 0),
                         wrapped_search_key: vec![s.b; 40],
+                    },
+                )
+            }
+            3 if s.b % 2 == 1 => {
+                let epoch = shadow.capsule(&CapsuleId([s.a; 32])).map_or(0, |c| c.epoch);
+                let records = [record_cid.clone(), cid(s.a * 6 + (s.b + 1) % 6)]
+                    .into_iter()
+                    .map(|cid| NewRecord {
+                        cid,
+                        wrapped_key: vec![s.b; 60],
+                        search_labels: vec![[s.a; 16]],
+                        size: 700,
+                        patient: (s.b % 3 == 0).then(|| net.id("patient")),
+                    })
+                    .collect();
+                (
+                    hospital,
+                    TxKind::RegisterRecords {
+                        capsule: CapsuleId([s.a; 32]),
+                        epoch: epoch + u64::from(s.b == 5),
+                        records,
                     },
                 )
             }
@@ -492,6 +515,7 @@ fn workload_mixes_applied_and_rejected() {
         "PublishCapsule",
         "RotateCapsuleEpoch",
         "RegisterRecord",
+        "RegisterRecords",
         "Grant",
         "Revoke",
         "AssignAttributes",

@@ -6,7 +6,8 @@ use ehr_ledger::app::{App, TxOutcome};
 use ehr_ledger::error::StateError;
 use ehr_ledger::state::{Authorisation, GenesisParticipant, LedgerState, RecordStatus, StateEvent};
 use ehr_ledger::tx::{
-    CapsuleId, GrantId, ParticipantId, Purpose, Role, Scope, SignedTx, TxBody, TxKind, codes,
+    CapsuleId, GrantId, NewRecord, ParticipantId, Purpose, Role, Scope, SignedTx, TxBody, TxKind,
+    codes,
 };
 use state_support::*;
 
@@ -446,6 +447,101 @@ fn records() {
     net.rejects(
         "hospital_a",
         record_kind(c.clone(), cap, 0, None),
+        codes::DUPLICATE,
+    );
+}
+
+fn new_record(tag: u8, patient: Option<ParticipantId>) -> NewRecord {
+    NewRecord {
+        cid: cid(tag),
+        wrapped_key: vec![0x5A; 160],
+        search_labels: (0..3u8).map(|i| [i ^ tag; 16]).collect(),
+        size: 5_000,
+        patient,
+    }
+}
+
+fn records_kind(capsule: CapsuleId, records: Vec<NewRecord>) -> TxKind {
+    TxKind::RegisterRecords {
+        capsule,
+        epoch: 0,
+        records,
+    }
+}
+
+#[test]
+fn records_in_one_transaction_are_all_or_none() {
+    let mut net = Net::new();
+    let cap = net.capsule("hospital_a", 1, "role:researcher");
+    let patient = net.id("patient");
+    let existing = net.record("hospital_a", cap, 9, None);
+    net.state.take_events();
+    // One bad record refuses the whole transaction (and changes nothing: `rejects` compares
+    // the state with a twin that applied an empty block).
+    net.rejects(
+        "hospital_a",
+        records_kind(cap, vec![new_record(1, None), new_record(9, None)]),
+        codes::DUPLICATE,
+    );
+    net.rejects(
+        "hospital_a",
+        records_kind(
+            cap,
+            vec![
+                new_record(1, None),
+                new_record(2, Some(net.id("researcher"))),
+            ],
+        ),
+        codes::INVALID_FIELD,
+    );
+    net.rejects(
+        "hospital_b",
+        records_kind(cap, vec![new_record(1, None)]),
+        codes::NOT_PERMITTED,
+    );
+    net.rejects(
+        "hospital_a",
+        records_kind(cap, vec![]),
+        codes::INVALID_FIELD,
+    );
+    net.rejects(
+        "hospital_a",
+        records_kind(cap, vec![new_record(1, None), new_record(1, None)]),
+        codes::INVALID_FIELD,
+    );
+    assert!(net.state.record(&cid(1)).is_none());
+    assert!(net.state.record(&existing).is_some());
+
+    let id = net.ok(
+        "hospital_a",
+        records_kind(
+            cap,
+            vec![
+                new_record(1, Some(patient)),
+                new_record(2, None),
+                new_record(3, None),
+            ],
+        ),
+    );
+    let events = net.state.take_events();
+    let added: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            StateEvent::RecordAdded { cid, labels, .. } => Some((cid.clone(), labels.len())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(added, vec![(cid(1), 3), (cid(2), 3), (cid(3), 3)]);
+    for tag in 1..=3 {
+        let rec = net.state.record(&cid(tag)).unwrap();
+        assert_eq!(rec.owner, net.id("hospital_a"));
+        assert_eq!(rec.tx, id, "every record points at the one transaction");
+        assert_eq!(rec.status, RecordStatus::Active);
+    }
+    assert_eq!(net.state.record(&cid(1)).unwrap().patient, Some(patient));
+    net.rejects(
+        "hospital_a",
+        records_kind(cap, vec![new_record(3, None)]),
         codes::DUPLICATE,
     );
 }

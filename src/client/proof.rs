@@ -85,21 +85,29 @@ pub fn verify_record_proof(
             ),
         ));
     }
-    let TxKind::RegisterRecord {
-        cid: tx_cid,
-        capsule,
-        size,
-        ..
-    } = &tx.body.kind
-    else {
-        return Err(bad(
-            "transaction",
-            format!("is a {}, not a RegisterRecord", tx.body.kind.name()),
-        ));
+    let (capsule, size) = match &tx.body.kind {
+        TxKind::RegisterRecord {
+            cid: tx_cid,
+            capsule,
+            size,
+            ..
+        } if tx_cid.0 == cid => (capsule, size),
+        TxKind::RegisterRecords {
+            capsule, records, ..
+        } => match records.iter().find(|r| r.cid.0 == cid) {
+            Some(r) => (capsule, &r.size),
+            None => return Err(bad("transaction", "registers other CIDs".into())),
+        },
+        TxKind::RegisterRecord { .. } => {
+            return Err(bad("transaction", "registers another CID".into()));
+        }
+        other => {
+            return Err(bad(
+                "transaction",
+                format!("is a {}, not a RegisterRecord(s) transaction", other.name()),
+            ));
+        }
     };
-    if tx_cid.0 != cid {
-        return Err(bad("transaction", "registers another CID".into()));
-    }
     let (proof, rest): (InclusionProof, &[u8]) = postcard::take_from_bytes(&proof_bytes)
         .map_err(|e| ClientError::bad_response("proof.proof", format!("does not decode: {e}")))?;
     if !rest.is_empty() {
@@ -178,13 +186,17 @@ mod tests {
         let txs: Vec<Vec<u8>> = (0..3u8)
             .map(|i| register(&hospital, &[b'c', i], u64::from(i) + 1))
             .collect();
+        block_of(validators, signers, txs)
+    }
+
+    fn block_of(validators: &[SigningKey], signers: &[usize], txs: Vec<Vec<u8>>) -> CommittedBlock {
         let header = BlockHeader {
             chain_id: "ehr-test".into(),
             epoch: 0,
             height: 17,
             prev_hash: [0; 32],
             tx_root: ehr_ledger::merkle::root(&txs),
-            tx_count: 3,
+            tx_count: txs.len() as u64,
             state_root: [5; 32],
         };
         let msg = vote_bytes(
@@ -233,6 +245,38 @@ mod tests {
         assert_eq!(v.signers, vec![0, 2, 3]);
         assert_eq!(v.size, 1234);
         assert_eq!(v.capsule, hex::encode([9; 32]));
+    }
+
+    #[test]
+    fn a_record_of_an_atomic_registration_verifies() {
+        let (c, keys) = consortium();
+        let hospital = SigningKey::from_bytes(&[42; 32]);
+        let records = (0..3u8)
+            .map(|i| ehr_ledger::tx::NewRecord {
+                cid: Cid(vec![b'd', i]),
+                wrapped_key: vec![1; 40],
+                search_labels: vec![[i; 16]],
+                size: 100 + u64::from(i),
+                patient: None,
+            })
+            .collect();
+        let many = TxBody::new(
+            "ehr-test",
+            ParticipantId(hospital.verifying_key().to_bytes()),
+            2,
+            TxKind::RegisterRecords {
+                capsule: CapsuleId([9; 32]),
+                epoch: 0,
+                records,
+            },
+        )
+        .sign(&hospital)
+        .to_bytes();
+        let b = block_of(&keys, &[0, 1, 3], vec![register(&hospital, b"c0", 1), many]);
+        let v = verify_record_proof(&c, b"d\x02", &answer(&b, 1)).unwrap();
+        assert_eq!((v.height, v.index, v.size), (17, 1, 102));
+        let e = verify_record_proof(&c, b"d\x07", &answer(&b, 1)).unwrap_err();
+        assert!(e.to_string().contains("other CIDs"), "{e}");
     }
 
     #[test]

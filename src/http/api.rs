@@ -270,6 +270,31 @@ async fn upload_fhir_docs(
     Ok(out)
 }
 
+/// Uploads every document independently (a FHIR batch): one result per document, in order.
+async fn upload_fhir_docs_each(
+    ctx: &Arc<NodeCtx>,
+    docs: Vec<FhirDoc>,
+    capsule: [u8; 32],
+) -> Vec<Result<Uploaded, Problem>> {
+    let tasks: Vec<_> = docs
+        .into_iter()
+        .map(|(bytes, kws)| {
+            let keywords = search_keywords(&kws);
+            drop(kws);
+            let ctx = ctx.clone();
+            tokio::spawn(async move { ctx.upload_plain(bytes, keywords, capsule, None).await })
+        })
+        .collect();
+    futures::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| {
+            r.map_err(|e| Problem::from(OpError::Internal(e.to_string())))
+                .and_then(|r| r.map_err(Problem::from))
+        })
+        .collect()
+}
+
 /// Runs one upload in its own task (see [`upload_fhir_docs`]).
 async fn detached<F>(f: F) -> Result<Uploaded, Problem>
 where
@@ -1193,31 +1218,113 @@ async fn fhir_upload(
         }
         _ => {}
     }
-    let docs = fhir_records(&body, InputFormat::Json)?;
-    drop(body);
-    let ups = upload_fhir_docs(ctx, docs, capsule, None).await?;
-    let entries: Vec<Value> = ups
-        .iter()
-        .map(|u| json!({"response": {"status": "201 Created", "location": format!("/v1/records/{}", u.cid), "etag": format!("W/\"{}\"", u.height)}}))
-        .collect();
-    let body = if want_type.is_some() {
-        json!({"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational","diagnostics":format!("stored as {}", ups[0].cid)}]})
+    let bundle_type = if want_type.is_none() {
+        match v.get("type").and_then(Value::as_str) {
+            Some(t @ ("transaction" | "batch")) => Some(t.to_owned()),
+            Some(other) => {
+                return Err(Problem::field(
+                    "type",
+                    format!(
+                        "POST /fhir takes a transaction or batch Bundle, not a `{other}` Bundle \
+                         (to store a Bundle as one document, POST it to /fhir/Bundle)"
+                    ),
+                ));
+            }
+            None => {
+                return Err(Problem::field(
+                    "type",
+                    "missing: POST /fhir takes a transaction or batch Bundle",
+                ));
+            }
+        }
     } else {
-        json!({"resourceType":"Bundle","type":"transaction-response","entry":entries})
+        None
     };
-    let mut r = (StatusCode::CREATED, body.to_string()).into_response();
+    if bundle_type.is_some() {
+        let entries = v.get("entry").and_then(Value::as_array);
+        for (i, e) in entries.into_iter().flatten().enumerate() {
+            let method = e.pointer("/request/method").and_then(Value::as_str);
+            if method.is_some_and(|m| m != "POST") {
+                return Err(Problem::field(
+                    format!("entry[{i}].request.method"),
+                    "only POST (create) is supported: records are immutable",
+                ));
+            }
+        }
+    }
+    drop(v);
+    let docs = if want_type.as_deref() == Some("Bundle") {
+        // A Bundle posted as a resource is one document.
+        let ex = crate::fhir::extract(&body, InputFormat::Json, &ExtractConfig::default())
+            .map_err(|e| Problem::field("body", e.to_string()))?;
+        vec![(body.to_vec(), ex.keywords.into_iter().collect())]
+    } else {
+        fhir_records(&body, InputFormat::Json)?
+    };
+    drop(body);
+    let (status, body, first) = match bundle_type.as_deref() {
+        None => {
+            let ups = upload_fhir_docs(ctx, docs, capsule, None).await?;
+            let cid = ups[0].cid;
+            let body = json!({"resourceType":"OperationOutcome","issue":[{"severity":"information","code":"informational","diagnostics":format!("stored as {cid}")}]});
+            (StatusCode::CREATED, body, Some(cid))
+        }
+        Some("transaction") => {
+            let docs = docs
+                .into_iter()
+                .map(|(bytes, kws)| (bytes, search_keywords(&kws)))
+                .collect();
+            let ups = ctx
+                .upload_plain_atomic(docs, capsule, None)
+                .await
+                .map_err(Problem::from)?;
+            let entries: Vec<Value> = ups.iter().map(fhir_created_entry).collect();
+            let body =
+                json!({"resourceType":"Bundle","type":"transaction-response","entry":entries});
+            (StatusCode::OK, body, None)
+        }
+        Some(_) => {
+            let results = upload_fhir_docs_each(ctx, docs, capsule).await;
+            let entries: Vec<Value> = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(u) => fhir_created_entry(&u),
+                    Err(p) => json!({"response": {
+                        "status": p.status.as_u16().to_string(),
+                        "outcome": {"resourceType": "OperationOutcome", "issue": [{
+                            "severity": "error",
+                            "code": "processing",
+                            "diagnostics": p.detail,
+                        }]},
+                    }}),
+                })
+                .collect();
+            let body = json!({"resourceType":"Bundle","type":"batch-response","entry":entries});
+            (StatusCode::OK, body, None)
+        }
+    };
+    let mut r = (status, body.to_string()).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/fhir+json"),
     );
-    if want_type.is_some() {
+    if let Some(cid) = first {
         r.headers_mut().insert(
             header::LOCATION,
-            HeaderValue::from_str(&format!("/v1/records/{}", ups[0].cid))
+            HeaderValue::from_str(&format!("/v1/records/{cid}"))
                 .expect("invariant: a CID is header-safe"),
         );
     }
     Ok(r)
+}
+
+/// A transaction/batch-response entry for a stored record.
+fn fhir_created_entry(u: &Uploaded) -> Value {
+    json!({"response": {
+        "status": "201 Created",
+        "location": format!("/v1/records/{}", u.cid),
+        "etag": format!("W/\"{}\"", u.height),
+    }})
 }
 
 /// `POST /fhir/{type}`.

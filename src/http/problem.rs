@@ -82,6 +82,7 @@ impl From<OpError> for Problem {
                 format!("the ledger rejected the transaction: {code}: {reason}"),
             ),
             OpError::Unavailable(d) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, d),
+            OpError::TooLarge(d) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, d),
             OpError::Internal(d) => {
                 // The request id is what the client's problem shows: log it to find this line.
                 tracing::error!(error = %d, request_id = %request_id(), "internal error");

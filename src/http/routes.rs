@@ -82,7 +82,7 @@ routes! {
     "GET" "/v1/ledger/head" Participant "The ledger head.",
     "GET" "/v1/ledger/blocks/{height}" Participant "One committed block.",
     "POST" "/fhir/{type}" Hospital "FHIR create: store one resource of this type as a record.",
-    "POST" "/fhir" Hospital "FHIR transaction: store every resource of a Bundle as a record.",
+    "POST" "/fhir" Hospital "FHIR transaction (all entries in one ledger transaction, or none) or batch (entry by entry) Bundle: each entry a record.",
     "GET" "/fhir/metadata" Public "FHIR CapabilityStatement.",
     "GET" "/ipfs/{cid}" Authorised "Trustless gateway: raw block or CAR (audited like a read).",
 }

@@ -175,6 +175,20 @@ impl OwnerKeyStore {
         tx.commit().map_err(store_err)
     }
 
+    /// Stores the data keys of several records in one durable commit.
+    pub fn put_many(&self, keys: &[(Vec<u8>, &DataKey)]) -> Result<(), SecretError> {
+        let tx = self.db.begin_write().map_err(store_err)?;
+        {
+            let mut t = tx.open_table(DATA_KEYS).map_err(store_err)?;
+            for (cid, key) in keys {
+                let sealed = self.sealer.seal(cid, key.expose_secret());
+                t.insert(cid.as_slice(), sealed.as_slice())
+                    .map_err(store_err)?;
+            }
+        }
+        tx.commit().map_err(store_err)
+    }
+
     /// The data key of `cid`, if this node uploaded it.
     pub fn get(&self, cid: &[u8]) -> Result<Option<DataKey>, SecretError> {
         let tx = self.db.begin_read().map_err(store_err)?;

@@ -8,6 +8,10 @@
 //! collects it): the ledger never names a record whose blocks this node does not hold, and no
 //! record is left half registered. Plaintext lives only in memory.
 //!
+//! [`NodeCtx::upload_plain_atomic`] does the same for several records at once (a FHIR
+//! transaction Bundle) and registers them in ONE `RegisterRecords` transaction: the ledger
+//! applies all of them or none, and a failure anywhere unpins every DAG of the request.
+//!
 //! # From FHIR keywords to search keywords
 //! The search layer knows two fields. [`search_keywords`] maps each extracted FHIR keyword:
 //! - a `system|code` token (codings, identifiers) → `Keyword::code("system|code")` (the same
@@ -17,7 +21,9 @@
 //! - a normalised text (`...:text` fields) → one `Keyword::text(word)` per word.
 
 use ehr_ledger::app::TxOutcome;
-use ehr_ledger::tx::{Cid as LedgerCid, ParticipantId, TxKind};
+use ehr_ledger::tx::{
+    Cid as LedgerCid, MAX_RECORDS_PER_TX, MAX_TX_BYTES, NewRecord, ParticipantId, TxKind,
+};
 use ehr_search::abe::{self, WrappedKey};
 use ehr_search::sse::{self, Keyword, LabelCounter as _, Trapdoor};
 use ehr_storage::blockstore::Cid;
@@ -66,6 +72,9 @@ pub enum OpError {
     /// Temporarily unavailable (503).
     #[error("{0}")]
     Unavailable(String),
+    /// The request is too large to handle as one unit (413): what and the limit.
+    #[error("{0}")]
+    TooLarge(String),
     /// A failure inside the node (500); details are logged, not returned.
     #[error("{0}")]
     Internal(String),
@@ -141,6 +150,15 @@ pub fn search_keywords(kws: &[crate::fhir::Keyword]) -> Vec<Keyword> {
     out
 }
 
+/// A record of an atomic upload, stored and wrapped, waiting to be registered.
+struct Prepared {
+    cid: Cid,
+    key: DataKey,
+    wrapped: Vec<u8>,
+    labels: Vec<[u8; 16]>,
+    size: u64,
+}
+
 fn committed_outcome(c: Committed) -> Result<Committed, OpError> {
     match &c.outcome {
         TxOutcome::Applied => Ok(c),
@@ -211,6 +229,173 @@ impl NodeCtx {
             self.unpin_quietly(cid).await;
         }
         result
+    }
+
+    /// Seals, stores, wraps and indexes every plaintext of `docs`, then registers them all in
+    /// one `RegisterRecords` transaction: all are registered, or none (every DAG unpinned).
+    pub async fn upload_plain_atomic(
+        &self,
+        docs: Vec<(Vec<u8>, Vec<Keyword>)>,
+        capsule: [u8; 32],
+        patient: Option<ParticipantId>,
+    ) -> Result<Vec<Uploaded>, OpError> {
+        if docs.is_empty() {
+            return Err(OpError::input("body", "holds no resource"));
+        }
+        if docs.len() > MAX_RECORDS_PER_TX {
+            return Err(OpError::TooLarge(format!(
+                "a transaction registers at most {MAX_RECORDS_PER_TX} records atomically, this \
+                 one has {}: split it, or send a batch Bundle (entries registered one by one)",
+                docs.len()
+            )));
+        }
+        let prepared = futures::future::join_all(
+            docs.into_iter()
+                .map(|(plaintext, keywords)| self.prepare_plain(plaintext, keywords, capsule)),
+        )
+        .await;
+        let mut ready = Vec::with_capacity(prepared.len());
+        let mut first_err = None;
+        for p in prepared {
+            match p {
+                Ok(p) => ready.push(p),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            self.unpin_all(&ready).await;
+            return Err(e);
+        }
+        let result = self.register_prepared(&ready, capsule, patient).await;
+        if result.is_err() {
+            self.unpin_all(&ready).await;
+        }
+        result
+    }
+
+    /// One record of [`Self::upload_plain_atomic`], stored (pinned) and wrapped, not yet
+    /// registered. On failure nothing of it stays pinned.
+    async fn prepare_plain(
+        &self,
+        plaintext: Vec<u8>,
+        keywords: Vec<Keyword>,
+        capsule: [u8; 32],
+    ) -> Result<Prepared, OpError> {
+        let (key, sealed) = tokio::task::spawn_blocking(move || {
+            let key = DataKey::generate().map_err(|e| OpError::Internal(e.to_string()))?;
+            let sealed = seal::seal(&key, &SealContext::new(capsule.to_vec()), &plaintext)
+                .map_err(|e| OpError::Internal(format!("sealing: {e}")))?;
+            drop(plaintext);
+            Ok::<_, OpError>((key, sealed))
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))??;
+        self.metrics.upload_bytes.inc_by(sealed.len() as u64);
+        let added = self
+            .blockstore
+            .add_bytes(&sealed)
+            .await
+            .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
+        drop(sealed);
+        let cid_bytes = added.cid.to_bytes();
+        let pp = self.consortium.abe_params.clone();
+        let policy = self.capsule.policy.clone();
+        let aad = record_key_aad(&capsule, &cid_bytes);
+        let secret = zeroize::Zeroizing::new(key.expose_secret().to_vec());
+        let wrapped = tokio::task::spawn_blocking(move || {
+            abe::wrap(&pp, &policy, &secret, &aad, &mut rand::rngs::OsRng)
+                .map(|w| w.to_bytes())
+                .map_err(|e| OpError::Internal(format!("wrapping the data key: {e}")))
+        })
+        .await
+        .map_err(|e| OpError::Internal(e.to_string()))
+        .and_then(|r| r);
+        let labels = wrapped.and_then(|w| {
+            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+            self.capsule
+                .epoch_key
+                .labels_for(&keywords, &mut *counters)
+                .map(|l| (w, l))
+                .map_err(|e| OpError::Internal(format!("label counters: {e}")))
+        });
+        drop(keywords);
+        match labels {
+            Ok((wrapped, labels)) => Ok(Prepared {
+                cid: added.cid,
+                key,
+                wrapped,
+                labels: labels.into_iter().map(|l| l.0).collect(),
+                size: added.size,
+            }),
+            Err(e) => {
+                self.unpin_quietly(added.cid).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Registers prepared records in one transaction (see [`Self::upload_plain_atomic`]).
+    async fn register_prepared(
+        &self,
+        ready: &[Prepared],
+        capsule: [u8; 32],
+        patient: Option<ParticipantId>,
+    ) -> Result<Vec<Uploaded>, OpError> {
+        let epoch = u64::from(self.capsule.epoch_key.epoch());
+        let kind = TxKind::RegisterRecords {
+            capsule: ehr_ledger::tx::CapsuleId(capsule),
+            epoch,
+            records: ready
+                .iter()
+                .map(|p| NewRecord {
+                    cid: LedgerCid(p.cid.to_bytes()),
+                    wrapped_key: p.wrapped.clone(),
+                    search_labels: p.labels.clone(),
+                    size: p.size,
+                    patient,
+                })
+                .collect(),
+        };
+        // Chain id, sender, nonce, version and signature take well under this.
+        const ENVELOPE: usize = 512;
+        let len = postcard::to_stdvec(&kind)
+            .map_err(|e| OpError::Internal(format!("encoding the transaction: {e}")))?
+            .len();
+        if len + ENVELOPE > MAX_TX_BYTES {
+            return Err(OpError::TooLarge(format!(
+                "the {} records make a {len}-byte ledger transaction, more than one transaction \
+                 may carry ({MAX_TX_BYTES} bytes): send fewer entries per transaction Bundle, or \
+                 a batch Bundle (entries registered one by one)",
+                ready.len()
+            )));
+        }
+        let keys: Vec<(Vec<u8>, &DataKey)> =
+            ready.iter().map(|p| (p.cid.to_bytes(), &p.key)).collect();
+        self.owner_keys
+            .put_many(&keys)
+            .map_err(|e| OpError::Internal(e.to_string()))?;
+        let committed = committed_outcome(self.hospital.submit(kind).await?)?;
+        self.metrics.records_uploaded.inc_by(ready.len() as u64);
+        Ok(ready
+            .iter()
+            .map(|p| Uploaded {
+                cid: p.cid,
+                height: committed.height,
+                tx_id: committed.tx_id,
+                capsule,
+                epoch,
+                labels: p.labels.len(),
+                size: p.size,
+            })
+            .collect())
+    }
+
+    async fn unpin_all(&self, prepared: &[Prepared]) {
+        for p in prepared {
+            self.unpin_quietly(p.cid).await;
+        }
     }
 
     async fn unpin_quietly(&self, cid: Cid) {
