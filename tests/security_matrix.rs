@@ -601,6 +601,19 @@ fn check_cell(
             ));
         }
     }
+    if r.status >= 300 {
+        // A refusal releases nothing of the record: no key, no capsule, no audit receipt.
+        for h in [
+            "ehr-wrapped-key",
+            "ehr-capsule",
+            "ehr-key-kind",
+            "ehr-audit-tx",
+        ] {
+            if r.headers.contains_key(h) {
+                out.push(format!("{cell}: a refusal carries the {h} header"));
+            }
+        }
+    }
     if r.status == 401 {
         let www = r
             .headers
