@@ -783,10 +783,44 @@ fn files_named(dir: &std::path::Path, needle: &str, out: &mut Vec<std::path::Pat
     }
 }
 
+/// The node's warnings and errors, captured for every test of this binary (the nodes run
+/// in-process, on the runtime's threads, so the subscriber is global).
+fn captured_logs() -> Arc<std::sync::Mutex<Vec<u8>>> {
+    static LOGS: std::sync::OnceLock<Arc<std::sync::Mutex<Vec<u8>>>> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(b.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        buf
+    })
+    .clone()
+}
+
+/// A writer appending to the captured log.
+struct LogWriter(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// An internal failure (a record's block damaged on disk) is a 500 problem with the request
-/// id, saying where to look, and never the 200 of a cut-short body or a misleading 404.
+/// id, saying where to look, and never the 200 of a cut-short body or a misleading 404; the
+/// node's log has a line with that request id and the CID, and no health data.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_damaged_block_is_a_500_problem_with_a_request_id() {
+    let logs = captured_logs();
     let net = Net::start().await;
     let up = net
         .upload(
@@ -835,6 +869,22 @@ async fn a_damaged_block_is_a_500_problem_with_a_request_id() {
             !detail.contains(&cid),
             "{path}: internals stay in the log: {detail}"
         );
+        let rid = r.header("x-request-id");
+        let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains(&rid) && l.contains("internal error"))
+            .unwrap_or_else(|| panic!("{path}: no log line with request id {rid}:\n{text}"));
+        assert!(
+            line.contains(&cid),
+            "{path}: the log names the record: {line}"
+        );
+        for phi in ["44054006", "Patient/p1", "Condition"] {
+            assert!(
+                !line.contains(phi),
+                "{path}: health data in the log: {line}"
+            );
+        }
     }
     net.dev.shutdown().await;
 }
