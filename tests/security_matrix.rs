@@ -1,7 +1,8 @@
 //! The security matrix: for every route of `ehr::http::routes::ROUTES` and every kind of
 //! caller, the expected HTTP status, as data. One in-process consortium serves the whole
 //! matrix with real fixtures (an uploaded record, a live grant, a revoked grant); every
-//! request is real HTTP to node 0.
+//! request is real HTTP to node 0 (the record owner's), and the record reads are repeated at
+//! node 2, which must decide the same from its own copy of the ledger.
 //!
 //! Checked for every cell: the status (so 401 "who are you" and 403 "not you" are told apart);
 //! every 4xx/5xx body is problem+json (an OperationOutcome on `/fhir`) carrying the request id
@@ -224,6 +225,8 @@ fn bundle() -> Value {
 
 /// One request of the matrix.
 struct Req {
+    /// The node it is sent to.
+    node: usize,
     method: Method,
     path: String,
     body: Vec<u8>,
@@ -235,7 +238,7 @@ impl Fixture {
         let method = req.method.clone();
         let mut rb = self
             .client
-            .request(method, self.net.url(0, &req.path))
+            .request(method, self.net.url(req.node, &req.path))
             .body(req.body.clone());
         for (k, v) in &req.headers {
             rb = rb.header(*k, v);
@@ -257,8 +260,8 @@ impl Fixture {
     }
 
     /// The `Authorization` value of `caller`; `None` for no header. A replayed token is
-    /// used once here first.
-    async fn auth(&self, caller: Caller) -> Option<String> {
+    /// used once first at `node` (each node has its own replay cache).
+    async fn auth(&self, caller: Caller, node: usize) -> Option<String> {
         let bearer = |t: String| Some(format!("Bearer {t}"));
         match caller {
             Caller::Anonymous => None,
@@ -280,6 +283,7 @@ impl Fixture {
                 let first = self
                     .send(
                         &Req {
+                            node,
                             method: Method::GET,
                             path: "/v1/ledger/head".into(),
                             body: vec![],
@@ -369,12 +373,18 @@ impl Fixture {
             _ => (path, vec![], vec![]),
         };
         Req {
+            node: 0,
             method: method.parse().expect("a route's method parses"),
             path,
             body,
             headers,
         }
     }
+}
+
+/// Whether the ledger audits a route's reads, allowed or refused.
+fn audited(path: &str) -> bool {
+    path == "/v1/records/{cid}" || path == "/ipfs/{cid}"
 }
 
 fn participant(hex_id: &str) -> ParticipantId {
@@ -388,6 +398,7 @@ async fn call(f: &Fixture, who: &Key, method: Method, path: &str, body: Value, w
     let r = f
         .send(
             &Req {
+                node: 0,
                 method,
                 path: path.into(),
                 body: if body.is_null() {
@@ -547,6 +558,7 @@ async fn fixture() -> Fixture {
 /// Checks one answer against its cell; returns the failures (empty when it is right).
 fn check_cell(
     f: &Fixture,
+    node: usize,
     method: &str,
     template: &str,
     caller: Caller,
@@ -554,7 +566,7 @@ fn check_cell(
     r: &Resp,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    let cell = format!("{method} {template} as {caller:?}");
+    let cell = format!("{method} {template} as {caller:?} at node {node}");
     let body = String::from_utf8_lossy(&r.body);
     if r.status != want {
         out.push(format!(
@@ -672,14 +684,15 @@ fn check_cell(
 
 /// Every authenticated read of the record, allowed or not, is on the audit log with its
 /// basis; unauthenticated ones never reach the ledger.
-fn audit_problems(f: &Fixture, ledger_cid: &LedgerCid, audit_before: usize) -> Vec<String> {
+fn audit_problems(
+    f: &Fixture,
+    ledger_cid: &LedgerCid,
+    audit_before: usize,
+    reads: usize,
+) -> Vec<String> {
     let mut failures = Vec::new();
     let st = f.net.dev.nodes[0].ctx().ledger.read();
     let audit = st.audit_for_record(ledger_cid);
-    let reads = MATRIX
-        .iter()
-        .filter(|(_, p, _)| *p == "/v1/records/{cid}" || *p == "/ipfs/{cid}")
-        .count();
     let authenticated = CALLERS.iter().filter(|c| !c.unauthenticated()).count();
     if audit.len() != audit_before + reads * authenticated {
         failures.push(format!(
@@ -723,22 +736,44 @@ async fn every_route_for_every_caller() {
         .audit_for_record(&ledger_cid)
         .len();
 
-    // Transactions carry the sender's next nonce: those cells run one at a time after the
-    // rest (which run concurrently).
-    let cells: Vec<(&str, &str, Caller, u16)> = MATRIX
+    // Every cell at node 0 (the record owner's); the record reads again at node 2, which
+    // must decide the same from its own copy of the ledger. Transactions carry the sender's
+    // next nonce: those cells run one at a time after the rest (which run concurrently).
+    let cells: Vec<(&str, &str, Caller, u16, usize)> = MATRIX
         .iter()
-        .flat_map(|(m, p, row)| CALLERS.iter().zip(row).map(move |(c, w)| (*m, *p, *c, *w)))
+        .flat_map(|(m, p, row)| {
+            let access = ROUTES
+                .iter()
+                .find(|r| r.method == *m && r.path == *p)
+                .map(|r| r.access);
+            let nodes: &[usize] = if access == Some(Access::Authorised) {
+                &[0, 2]
+            } else {
+                &[0]
+            };
+            nodes.iter().flat_map(move |n| {
+                CALLERS
+                    .iter()
+                    .zip(row)
+                    .map(move |(c, w)| (*m, *p, *c, *w, *n))
+            })
+        })
         .collect();
-    let (serial, parallel): (Vec<_>, Vec<_>) = cells
+    let reads = cells
         .iter()
-        .partition(|(m, p, c, _)| *m == "POST" && *p == "/v1/transactions" && !c.unauthenticated());
-    let run = |(m, p, c, w): (&'static str, &'static str, Caller, u16)| {
+        .filter(|(_, p, c, _, _)| audited(p) && *c == Caller::Hospital)
+        .count();
+    let (serial, parallel): (Vec<_>, Vec<_>) = cells.iter().partition(|(m, p, c, _, _)| {
+        *m == "POST" && *p == "/v1/transactions" && !c.unauthenticated()
+    });
+    let run = |(m, p, c, w, n): (&'static str, &'static str, Caller, u16, usize)| {
         let f = f.clone();
         async move {
-            let req = f.request(m, p, c);
-            let auth = f.auth(c).await;
+            let mut req = f.request(m, p, c);
+            req.node = n;
+            let auth = f.auth(c, n).await;
             let r = f.send(&req, auth).await;
-            check_cell(&f, m, p, c, w, &r)
+            check_cell(&f, n, m, p, c, w, &r)
         }
     };
     let mut failures: Vec<String> = futures::stream::iter(parallel.into_iter().copied().map(run))
@@ -750,10 +785,11 @@ async fn every_route_for_every_caller() {
         failures.extend(run(*cell).await);
     }
 
-    let audit_failures = audit_problems(&f, &ledger_cid, audit_before);
+    f.net.settle().await;
+    let audit_failures = audit_problems(&f, &ledger_cid, audit_before, reads);
     failures.extend(audit_failures);
 
-    let total = MATRIX.len() * CALLERS.len();
+    let total = cells.len();
     assert!(
         failures.is_empty(),
         "{} of {total} cells failed:\n{}",
