@@ -12,3 +12,4 @@ pub mod http;
 pub mod keywrap;
 pub mod ledger_net;
 pub mod node;
+pub mod recordkey;

@@ -87,12 +87,21 @@ async fn upload_search_read_grant_revoke_across_nodes() {
     .await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("ehr-key-kind"), "abe");
-    let wk = WrappedKey::from_bytes(&B64.decode(r.header("ehr-wrapped-key")).unwrap()).unwrap();
+    // The node wraps data keys with its CP-ABE wrapped key-encryption key (batched form).
+    let wrapped = B64.decode(r.header("ehr-wrapped-key")).unwrap();
+    assert!(wrapped.starts_with(ehr::recordkey::BATCHED_MAGIC));
+    let wk = ehr::recordkey::Encapsulated::parse(&wrapped).unwrap();
     let cid_bytes = cid.parse::<Cid>().unwrap().to_bytes();
     let mut cap = [0u8; 32];
     hex::decode_to_slice(r.header("ehr-capsule"), &mut cap).unwrap();
-    let aad = ehr::node::upload::record_key_aad(&cap, &cid_bytes);
-    let raw = ehr_search::abe::unwrap(researcher.abe.as_ref().unwrap(), &wk, &aad).unwrap();
+    let raw = wk
+        .open(researcher.abe.as_ref().unwrap(), &cap, &cid_bytes)
+        .unwrap();
+    // Not with another record's CID.
+    assert!(
+        wk.open(researcher.abe.as_ref().unwrap(), &cap, b"other")
+            .is_err()
+    );
     let got = open_record(&r, &cid, DataKey::from_slice(&raw).unwrap());
     assert_eq!(got, condition());
     let _ = CapsuleId(cap);

@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ehr_ledger::tx::ParticipantId;
-use ehr_search::abe::{UserKey, WrappedKey};
+use ehr_search::abe::UserKey;
 use ehr_search::sse::{Capsule, CapsuleId, Keyword, Query, SearchKeyState};
 use ehr_storage::seal::{DataKey, SealContext};
 use zeroize::Zeroizing;
@@ -303,9 +303,9 @@ pub fn unwrap_data_key(
                     "has no attribute key: run `ehr keygen --abe` first",
                 )
             })?;
-            let wk = WrappedKey::from_bytes(wrapped)
+            let wk = crate::recordkey::Encapsulated::parse(wrapped)
                 .map_err(|e| ClientError::bad_response("ehr-wrapped-key header", e.to_string()))?;
-            ehr_search::abe::unwrap(key, &wk, &record_key_aad(capsule, cid)).map_err(|e| {
+            wk.open(key, &capsule.0, cid).map_err(|e| {
                 ClientError::crypto(
                     "unwrapping the record's data key with your attribute key",
                     e.to_string(),

@@ -153,6 +153,8 @@ pub struct NodeCtx {
     pub counters: Mutex<FileCounters>,
     /// Record data keys of this hospital (for grants).
     pub owner_keys: OwnerKeyStore,
+    /// The key-encryption key that wraps new records' data keys ([`crate::recordkey`]).
+    pub kek: tokio::sync::Mutex<Option<crate::recordkey::Kek>>,
     /// Whether the capsule is on the ledger.
     pub capsule_published: AtomicBool,
     /// The hospital's signing key (to rewrap for grants it issues).
@@ -518,6 +520,7 @@ impl Node {
             capsule,
             counters: Mutex::new(counters),
             owner_keys,
+            kek: tokio::sync::Mutex::new(None),
             hospital_id,
             auth,
         });

@@ -1,8 +1,9 @@
 //! The upload pipeline and the other operations the HTTP API calls.
 //!
 //! Upload: keywords (extracted by [`crate::fhir`]) → seal under a fresh data key, with the
-//! capsule id as the seal context → add to the blockstore (pinned) → wrap the data key with
-//! CP-ABE under the capsule's policy, the associated data binding capsule and CID → labels from
+//! capsule id as the seal context → add to the blockstore (pinned) → wrap the data key under
+//! the capsule's policy (with the node's current CP-ABE wrapped key-encryption key, see
+//! [`crate::recordkey`]), the associated data binding capsule and CID → labels from
 //! the capsule's epoch key and the counters → the data key, encrypted, into the owner key store
 //! → a `RegisterRecord` transaction → its commit. A failure after the add unpins the DAG (GC
 //! collects it): the ledger never names a record whose blocks this node does not hold, and no
@@ -24,13 +25,13 @@ use ehr_ledger::app::TxOutcome;
 use ehr_ledger::tx::{
     Cid as LedgerCid, MAX_RECORDS_PER_TX, MAX_TX_BYTES, NewRecord, ParticipantId, TxKind,
 };
-use ehr_search::abe::{self, WrappedKey};
 use ehr_search::sse::{self, Keyword, LabelCounter as _, Trapdoor};
 use ehr_storage::blockstore::Cid;
 use ehr_storage::seal::{self, DataKey, SealContext};
 
 use super::NodeCtx;
 use crate::ledger_net::{Committed, NetError};
+use crate::recordkey::{Encapsulated, Kek};
 
 /// Domain separation of a record data key's associated data (shared with clients).
 pub const RECORD_KEY_AAD_PREFIX: &[u8] = b"ehr/record-key/v1";
@@ -300,18 +301,7 @@ impl NodeCtx {
             .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
         drop(sealed);
         let cid_bytes = added.cid.to_bytes();
-        let pp = self.consortium.abe_params.clone();
-        let policy = self.capsule.policy.clone();
-        let aad = record_key_aad(&capsule, &cid_bytes);
-        let secret = zeroize::Zeroizing::new(key.expose_secret().to_vec());
-        let wrapped = tokio::task::spawn_blocking(move || {
-            abe::wrap(&pp, &policy, &secret, &aad, &mut rand::rngs::OsRng)
-                .map(|w| w.to_bytes())
-                .map_err(|e| OpError::Internal(format!("wrapping the data key: {e}")))
-        })
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))
-        .and_then(|r| r);
+        let wrapped = self.encapsulate(capsule, &cid_bytes, &key).await;
         let labels = wrapped.and_then(|w| {
             let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             self.capsule
@@ -392,6 +382,36 @@ impl NodeCtx {
             .collect())
     }
 
+    /// Wraps a new record's data key under the capsule's policy with the current KEK
+    /// ([`crate::recordkey`]), first making a new KEK (one CP-ABE wrap, on a blocking thread)
+    /// when there is none or it is used up.
+    async fn encapsulate(
+        &self,
+        capsule: [u8; 32],
+        cid: &[u8],
+        key: &DataKey,
+    ) -> Result<Vec<u8>, OpError> {
+        let mut slot = self.kek.lock().await;
+        let usable = slot
+            .as_ref()
+            .is_some_and(|k| k.is_fresh() && k.capsule() == &capsule);
+        if !usable {
+            let pp = self.consortium.abe_params.clone();
+            let policy = self.capsule.policy.clone();
+            let kek = tokio::task::spawn_blocking(move || {
+                Kek::generate(&pp, &policy, capsule, &mut rand::rngs::OsRng)
+                    .map_err(|e| OpError::Internal(format!("wrapping a key-encryption key: {e}")))
+            })
+            .await
+            .map_err(|e| OpError::Internal(e.to_string()))??;
+            *slot = Some(kek);
+        }
+        let kek = slot
+            .as_mut()
+            .expect("invariant: a usable KEK was just ensured");
+        Ok(kek.wrap(cid, key.expose_secret(), &mut rand::rngs::OsRng))
+    }
+
     async fn unpin_all(&self, prepared: &[Prepared]) {
         for p in prepared {
             self.unpin_quietly(p.cid).await;
@@ -414,17 +434,7 @@ impl NodeCtx {
         patient: Option<ParticipantId>,
     ) -> Result<Uploaded, OpError> {
         let cid_bytes = cid.to_bytes();
-        let pp = self.consortium.abe_params.clone();
-        let policy = self.capsule.policy.clone();
-        let aad = record_key_aad(&capsule, &cid_bytes);
-        let secret = zeroize::Zeroizing::new(key.expose_secret().to_vec());
-        let wrapped = tokio::task::spawn_blocking(move || {
-            abe::wrap(&pp, &policy, &secret, &aad, &mut rand::rngs::OsRng)
-                .map(|w| w.to_bytes())
-                .map_err(|e| OpError::Internal(format!("wrapping the data key: {e}")))
-        })
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
+        let wrapped = self.encapsulate(capsule, &cid_bytes, &key).await?;
         let labels = {
             let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
             self.capsule
@@ -492,7 +502,7 @@ impl NodeCtx {
         if sealed.len() < seal::HEADER_LEN || sealed[..8] != seal::MAGIC {
             return Err(OpError::input("body", "not a sealed envelope (bad magic)"));
         }
-        let wk = WrappedKey::from_bytes(&wrapped_key)
+        let wk = Encapsulated::parse(&wrapped_key)
             .map_err(|e| OpError::input("ehr-wrapped-key", e.to_string()))?;
         if wk.policy().to_string() != self.capsule.policy_text {
             return Err(OpError::input(
