@@ -549,7 +549,7 @@ fn directed(fx: &Fixture) {
     // A path parameter that is not UTF-8 once percent-decoded.
     let (a, v) = run(plain("/v1/records/{cid}/meta", b"\xff\xfe", None, None));
     assert_eq!(a.status, 400, "{v}");
-    assert_eq!(v["errors"][0]["field"], "path");
+    assert_eq!(v["errors"][0]["field"], "cid");
     assert!(v["detail"].as_str().unwrap().contains("cid"), "{v}");
     // An unknown query parameter, and a malformed one.
     let (a, v) = run(plain(

@@ -57,7 +57,7 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Que
 }
 
 /// The path parameters of a request; a parameter that is not valid (percent-decoded) UTF-8 is
-/// a 400 problem naming it (axum's own rejection would be plain text).
+/// a 400 problem whose field is the parameter (axum's own rejection would be plain text).
 #[derive(Debug)]
 pub struct Path<T>(pub T);
 
@@ -67,7 +67,24 @@ impl<T: serde::de::DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(p) => Ok(Path(p.0)),
-            Err(e) => Err(Problem::field("path", e.body_text())),
+            Err(e) => {
+                use axum::extract::path::ErrorKind;
+                use axum::extract::rejection::PathRejection;
+                // Name the parameter when the framework knows it.
+                let field = match &e {
+                    PathRejection::FailedToDeserializePathParams(d) => match d.kind() {
+                        ErrorKind::InvalidUtf8InPathParam { key }
+                        | ErrorKind::ParseErrorAtKey { key, .. }
+                        | ErrorKind::DeserializeError { key, .. } => key.clone(),
+                        _ => "path".to_owned(),
+                    },
+                    _ => "path".to_owned(),
+                };
+                Err(Problem::field(
+                    field,
+                    format!("{} (percent-encode UTF-8 only)", e.body_text()),
+                ))
+            }
         }
     }
 }
