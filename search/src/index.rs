@@ -29,14 +29,12 @@
 //! # Search
 //! [`Index::search`] evaluates a [`Query`]: for each trapdoor `K_{w,e}` it computes
 //! `label_c = PRF(K_{w,e}, c)` for `c = 0, 1, ...`, looks each label up in the segments' term
-//! dictionaries and stops after `max_gap + 1` consecutive absent labels (`max_gap` tolerates
-//! counters reserved for uploads that never reached the ledger; 0 is classic Π_bas). Keyword =
-//! union of its trapdoors' records, AND = intersection, OR = union. Cost grows with the number of
-//! hits, not with the number of records. Labels are looked up in blocks of counters, each block
-//! sorted by label first (sorted lookups share term-dictionary and postings pages; random ones
-//! miss the cache), large blocks split over `search_threads` threads; every block is walked in
-//! counter order with the sequential stopping rule, so results never depend on block sizes or
-//! the thread count.
+//! dictionaries (the segment of the previous hit first) and stops after `max_gap + 1` consecutive
+//! absent labels (`max_gap` tolerates counters reserved for uploads that never reached the
+//! ledger; 0 is classic Π_bas). Keyword = union of its trapdoors' records, AND = intersection,
+//! OR = union. Cost grows with the number of hits, not with the number of records.
+//! Chains longer than 1,024 labels are looked up in parallel blocks (`search_threads`) with the
+//! same stopping rule, so results never depend on the thread count.
 //!
 //! # Order and pagination
 //! Results are sorted by (ledger height, `cid_key`, CID), `cid_key` being the first 8 bytes of
@@ -971,78 +969,65 @@ impl SearchCtx {
         }
     }
 
-    /// Looks up a batch of labels sorted by label bytes; returns the `(counter, document)`
-    /// pairs found, unordered. Segments are probed starting with `*preferred` (the one that
-    /// held most hits last time), each with the labels no earlier segment held, in sorted order:
-    /// neighbouring lookups then share term-dictionary blocks and postings pages, which makes a
-    /// batch several times cheaper than the same lookups in counter (random) order. A label
-    /// lives in one segment unless an uploader reused it; then the first segment probed that
-    /// holds it answers.
-    fn lookup_sorted(
+    /// Looks one label up, the segment of the previous hit first; appends its documents.
+    fn lookup(
         &self,
-        labels: &[(Label, u64)],
-        preferred: usize,
-    ) -> Result<BatchHits, IndexError> {
+        label: &Label,
+        last_seg: &mut usize,
+        bp: &mut BlockSegmentPostings,
+        out: &mut Vec<u64>,
+    ) -> Result<bool, IndexError> {
         let n = self.segments.len();
-        let mut bp = BlockSegmentPostings::empty();
-        let mut out = Vec::new();
-        let mut pending: Vec<&(Label, u64)> = labels.iter().collect();
-        let mut best = (0usize, preferred);
         for i in 0..n {
-            if pending.is_empty() {
-                break;
-            }
-            let seg = (preferred + i) % n;
+            let seg = (*last_seg + i) % n;
             let inv = &self.segments[seg].labels;
-            let terms = inv.terms();
-            let before = out.len();
-            let mut left = Vec::new();
-            for item in pending {
-                let (label, c) = item;
-                match terms.get(label.as_bytes())? {
-                    Some(ti) => {
-                        inv.reset_block_postings_from_terminfo(&ti, &mut bp)?;
-                        loop {
-                            let docs = bp.docs();
-                            if docs.is_empty() {
-                                break;
-                            }
-                            out.extend(docs.iter().map(|&d| (*c, make_ref(seg as u32, d))));
-                            bp.advance();
-                        }
+            if let Some(ti) = inv.terms().get(label.as_bytes())? {
+                inv.reset_block_postings_from_terminfo(&ti, bp)?;
+                loop {
+                    let docs = bp.docs();
+                    if docs.is_empty() {
+                        break;
                     }
-                    None => left.push(item),
+                    out.extend(docs.iter().map(|&d| make_ref(seg as u32, d)));
+                    bp.advance();
                 }
-            }
-            pending = left;
-            if out.len() - before > best.0 {
-                best = (out.len() - before, seg);
+                *last_seg = seg;
+                // A label lives in one segment unless an uploader reused it (then the entry is
+                // returned from the first segment holding it): looking further would cost one
+                // lookup per segment per hit.
+                return Ok(true);
             }
         }
-        Ok((out, best.1))
+        Ok(false)
     }
 
-    /// The labels of counters `range`, sorted by label, each with its counter.
-    fn sorted_labels(
+    /// Looks up the labels of counters `range`; returns `(counter, document)` pairs in counter
+    /// order.
+    fn lookup_range(
+        &self,
         key: &crate::sse::KeywordKey,
         range: std::ops::Range<u64>,
-    ) -> Vec<(Label, u64)> {
-        let mut labels: Vec<(Label, u64)> = range.map(|c| (key.label(c), c)).collect();
-        labels.sort_unstable();
-        labels
+    ) -> Result<Vec<(u64, u64)>, IndexError> {
+        let mut last_seg = self.segments.len() - 1;
+        let mut bp = BlockSegmentPostings::empty();
+        let mut docs = Vec::new();
+        let mut out = Vec::new();
+        for c in range {
+            docs.clear();
+            if self.lookup(&key.label(c), &mut last_seg, &mut bp, &mut docs)? {
+                out.extend(docs.iter().map(|&d| (c, d)));
+            }
+        }
+        Ok(out)
     }
 
     /// Expands one chain: labels `PRF(K, 0), PRF(K, 1), ...` until `max_gap + 1` consecutive
     /// labels are absent; appends the documents found.
     ///
-    /// Counters are taken in blocks (the first of [`FIRST_BLOCK`] counters, later ones a
-    /// quarter of the hits found so far, at most [`MAX_BLOCK`]), so that a finished chain
-    /// overshoots by at most about a quarter of its length. A block's labels are computed,
-    /// sorted and looked up as one batch ([`SearchCtx::lookup_sorted`]); blocks of at least
-    /// [`PARALLEL_MIN_BLOCK`] counters are split over `threads` threads. The block's hits are
-    /// then walked in counter order with exactly the sequential stopping rule (hits after the
-    /// end of the chain are discarded), so the result depends neither on the block sizes nor on
-    /// `threads`.
+    /// The first [`SEQUENTIAL_PREFIX`] counters are looked up one by one; a longer chain is
+    /// looked up in blocks of doubling size split over `threads` threads, and the block's
+    /// results are then walked in counter order with exactly the sequential stopping rule (hits
+    /// after the end of the chain are discarded), so the result does not depend on `threads`.
     fn expand(
         &self,
         td: &Trapdoor,
@@ -1054,79 +1039,71 @@ impl SearchCtx {
         if self.segments.is_empty() {
             return Ok(());
         }
-        let too_long = || IndexError::InvalidQuery("a chain longer than 2^64 labels".into());
-        let mut preferred = self.segments.len() - 1;
+        let mut last_seg = self.segments.len() - 1;
+        let mut bp = BlockSegmentPostings::empty();
         let mut misses = 0u64;
         let max_gap = u64::from(max_gap);
         let mut counter = 0u64;
-        let mut found_total = 0u64;
-        loop {
-            let block = (found_total / 4).clamp(FIRST_BLOCK, MAX_BLOCK);
-            let end = counter.checked_add(block).ok_or_else(too_long)?;
-            let mut found = if threads <= 1 || block < PARALLEL_MIN_BLOCK {
-                let labels = Self::sorted_labels(key, counter..end);
-                let (found, best) = self.lookup_sorted(&labels, preferred)?;
-                preferred = best;
-                found
+        while counter < SEQUENTIAL_PREFIX || threads <= 1 {
+            if self.lookup(&key.label(counter), &mut last_seg, &mut bp, out)? {
+                misses = 0;
             } else {
-                let per = block.div_ceil(threads as u64);
-                let start = counter;
-                let pref = preferred;
-                let parts: Vec<Result<BatchHits, IndexError>> = std::thread::scope(|s| {
-                    let handles: Vec<_> = (0..threads as u64)
-                        .map(|t| {
-                            let lo = (start + t * per).min(end);
-                            let hi = (lo + per).min(end);
-                            s.spawn(move || {
-                                self.lookup_sorted(&Self::sorted_labels(key, lo..hi), pref)
-                            })
-                        })
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().expect("a search thread panicked"))
-                        .collect()
-                });
-                let mut found = Vec::new();
-                for part in parts {
-                    let (f, best) = part?;
-                    found.extend(f);
-                    preferred = best;
+                misses += 1;
+                if misses > max_gap {
+                    return Ok(());
                 }
-                found
-            };
-            found.sort_unstable();
+            }
+            counter = counter.checked_add(1).ok_or_else(|| {
+                IndexError::InvalidQuery("a chain longer than 2^64 labels".into())
+            })?;
+        }
+        let mut block = SEQUENTIAL_PREFIX;
+        loop {
+            let end = counter.checked_add(block).ok_or_else(|| {
+                IndexError::InvalidQuery("a chain longer than 2^64 labels".into())
+            })?;
+            let per = block.div_ceil(threads as u64);
+            let parts: Vec<Result<Vec<(u64, u64)>, IndexError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..threads as u64)
+                    .map(|t| {
+                        let lo = (counter + t * per).min(end);
+                        let hi = (lo + per).min(end);
+                        s.spawn(move || self.lookup_range(key, lo..hi))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("a search thread panicked"))
+                    .collect()
+            });
             let mut next_expected = counter;
-            for (c, d) in found {
-                if c >= next_expected {
-                    // `c` is a new found counter: the misses since the last hit end here.
-                    if misses + (c - next_expected) > max_gap {
-                        return Ok(());
+            for part in parts {
+                for (c, d) in part? {
+                    if c >= next_expected {
+                        // `c` is a new found counter: the misses since the last hit end here.
+                        if misses + (c - next_expected) > max_gap {
+                            return Ok(());
+                        }
+                        misses = 0;
+                        next_expected = c + 1;
                     }
-                    misses = 0;
-                    next_expected = c + 1;
-                    found_total += 1;
+                    out.push(d);
                 }
-                out.push(d);
             }
             misses += end - next_expected;
             if misses > max_gap {
                 return Ok(());
             }
             counter = end;
+            block = (block * 2).min(MAX_PARALLEL_BLOCK);
         }
     }
 }
 
-/// `(counter, document)` pairs found by one batch, and the segment that held most of them.
-type BatchHits = (Vec<(u64, u64)>, usize);
-
-/// Counters in the first block of a chain expansion.
-const FIRST_BLOCK: u64 = 64;
-/// Most counters in one block of a chain expansion.
-const MAX_BLOCK: u64 = 1 << 15;
-/// Smallest block split over several threads (smaller ones cost more to hand out than to do).
-const PARALLEL_MIN_BLOCK: u64 = 2048;
+/// Counters looked up one by one before a chain expansion goes parallel.
+const SEQUENTIAL_PREFIX: u64 = 1024;
+/// Largest block of counters looked up in parallel at once.
+const MAX_PARALLEL_BLOCK: u64 = 1 << 16;
 
 fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
     let (mut i, mut j) = (0, 0);
