@@ -10,6 +10,7 @@ use std::sync::OnceLock;
 use ark_bls12_381::{Fr, G1Affine, G1Projective, G2Affine, G2Projective};
 use ark_ec::AffineRepr;
 use ark_ec::scalar_mul::BatchMulPreprocessing;
+use ark_ff::{BigInteger, PrimeField, Zero};
 
 use super::hash;
 
@@ -38,6 +39,24 @@ fn b_table() -> &'static BatchMulPreprocessing<G1Projective> {
 /// `h^s`.
 pub(crate) fn h_mul(s: &Fr) -> G2Affine {
     h_table().batch_mul(std::slice::from_ref(s))[0]
+}
+
+/// `h^s` in projective coordinates (no normalisation), for comparisons.
+pub(crate) fn h_mul_projective(s: &Fr) -> G2Projective {
+    let t = h_table();
+    let bits = s.into_bigint();
+    let mut acc = G2Projective::zero();
+    for (outer, row) in t.table.iter().enumerate() {
+        let mut inner = 0usize;
+        for i in 0..t.window {
+            let bit = outer * t.window + i;
+            if bit < t.max_scalar_size && bits.get_bit(bit) {
+                inner |= 1 << i;
+            }
+        }
+        acc += &row[inner];
+    }
+    acc
 }
 
 /// `h^{s_k}` for each scalar (one shared inversion).
@@ -75,6 +94,7 @@ mod tests {
         scalars.push(-Fr::from(1u64));
         for s in &scalars {
             assert_eq!(h_mul(s), (G2Affine::generator() * s).into_affine());
+            assert_eq!(h_mul_projective(s), G2Affine::generator() * s);
             assert_eq!(g_mul(s), (G1Affine::generator() * s).into_affine());
             assert_eq!(b_mul(s), (hash::b_point() * s).into_affine());
         }

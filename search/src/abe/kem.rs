@@ -33,6 +33,8 @@ use super::{Gt, PublicParams, UserKey, fixed, hash, random_nonzero};
 use crate::error::AbeError;
 use crate::policy::{Lsss, MAX_POLICY_LEN, Policy};
 
+type G2Prepared = <Bls12_381 as Pairing>::G2Prepared;
+
 /// Longest secret [`wrap`] accepts, in bytes (it is meant for keys, not records).
 pub const MAX_SECRET_LEN: usize = 4096;
 
@@ -349,11 +351,11 @@ pub fn unwrap(key: &UserKey, wk: &WrappedKey, aad: &[u8]) -> Result<Zeroizing<Ve
     };
     let a = lincomb(&a_bases, &a_scalars);
     let mut g1s: Vec<G1Projective> = vec![body.k2.into_group(), -a];
-    let mut g2s: Vec<G2Affine> = vec![wk.c0, body.k1];
+    let mut g2s: Vec<G2Prepared> = vec![wk.c0.into(), key.k1_prepared().clone()];
     for j in 0..tau {
         if !b_bases[j].is_empty() {
             g1s.push(lincomb(&b_bases[j], &b_scalars[j]));
-            g2s.push(wk.cj[j]);
+            g2s.push(wk.cj[j].into());
         }
     }
     let g1a = G1Projective::normalize_batch(&g1s);
@@ -365,7 +367,7 @@ pub fn unwrap(key: &UserKey, wk: &WrappedKey, aad: &[u8]) -> Result<Zeroizing<Ve
     // Fujisaki-Okamoto: the header must be the deterministic encryption of sigma.
     let text = wk.policy.to_string();
     let coins = Coins::derive(&sigma, &text, &lsss);
-    if fixed::h_mul(&coins.s0()) != wk.c0 || fixed::h_mul_many(&coins.s) != wk.cj {
+    if !g2_match(&coins, wk) {
         return Err(AbeError::DecryptionFailed);
     }
     let digest = wk.header_digest();
@@ -382,6 +384,16 @@ pub fn unwrap(key: &UserKey, wk: &WrappedKey, aad: &[u8]) -> Result<Zeroizing<Ve
     let mut out = Zeroizing::new(wk.payload.clone());
     dem.apply_stream(&mut out);
     Ok(out)
+}
+
+/// Checks `C0 == h^{s0}` and every `C'_j == h^{s_j}`, in projective coordinates (no
+/// normalisation).
+fn g2_match(coins: &Coins, wk: &WrappedKey) -> bool {
+    let mut ok = fixed::h_mul_projective(&coins.s0()) == wk.c0;
+    for (s_j, c_j) in coins.s.iter().zip(&wk.cj) {
+        ok &= fixed::h_mul_projective(s_j) == *c_j;
+    }
+    ok && coins.s.len() == wk.cj.len()
 }
 
 /// Checks every `C_i == H(b)^{lambda_i} H(rho(i))^{s_{j(i)}}` at once, in two rounds: with

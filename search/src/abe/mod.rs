@@ -308,9 +308,34 @@ impl KeyBody {
 }
 
 /// A user's decryption key for a set of attributes. Zeroized on drop; `Debug` is redacted.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct UserKey {
     body: KeyBody,
+    /// `K1` prepared for the pairing (its Miller-loop line coefficients), computed on the first
+    /// unwrap and reused by every later one. Derived from `K1`, so it is as secret as the key.
+    k1_prepared: OnceLock<PreparedG2>,
+}
+
+impl PartialEq for UserKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.body == other.body
+    }
+}
+
+impl Eq for UserKey {}
+
+/// A prepared G2 point of a key, zeroized on drop.
+#[derive(Clone)]
+struct PreparedG2(<Bls12_381 as Pairing>::G2Prepared);
+
+impl Drop for PreparedG2 {
+    fn drop(&mut self) {
+        for (a, b, c) in &mut self.0.ell_coeffs {
+            a.zeroize();
+            b.zeroize();
+            c.zeroize();
+        }
+    }
 }
 
 impl fmt::Debug for UserKey {
@@ -320,6 +345,21 @@ impl fmt::Debug for UserKey {
 }
 
 impl UserKey {
+    fn new(body: KeyBody) -> UserKey {
+        UserKey {
+            body,
+            k1_prepared: OnceLock::new(),
+        }
+    }
+
+    /// `K1` prepared for pairings (computed once per key).
+    fn k1_prepared(&self) -> &<Bls12_381 as Pairing>::G2Prepared {
+        &self
+            .k1_prepared
+            .get_or_init(|| PreparedG2(self.body.k1.into()))
+            .0
+    }
+
     /// The user / key-request identifier the key was issued for.
     pub fn user_id(&self) -> &[u8] {
         &self.body.user_id
@@ -344,7 +384,7 @@ impl UserKey {
         let mut r = Reader::new(bytes, "user key", kind::USER_KEY)?;
         let body = KeyBody::read(&mut r, "user key")?;
         r.finish()?;
-        Ok(UserKey { body })
+        Ok(UserKey::new(body))
     }
 }
 
@@ -453,9 +493,7 @@ where
 {
     check_user_id(user_id)?;
     let attrs = normalize_attrs(attrs)?;
-    Ok(UserKey {
-        body: issue_body(&msk.alpha, user_id, &attrs, rng),
-    })
+    Ok(UserKey::new(issue_body(&msk.alpha, user_id, &attrs, rng)))
 }
 
 #[cfg(test)]

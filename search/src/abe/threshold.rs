@@ -371,7 +371,7 @@ where
             reason: "the combined key is degenerate; request fresh partial keys".into(),
         });
     }
-    Ok(UserKey { body })
+    Ok(UserKey::new(body))
 }
 
 #[cfg(test)]
