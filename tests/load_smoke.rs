@@ -150,3 +150,89 @@ fn load_refuses_bad_arguments_before_starting_anything() {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
 }
+
+/// Against running nodes: `ehr dev` (four replicas in one process) started as a child, then
+/// `ehr load` with its consortium and identity files; memory comes from each node's /metrics.
+#[test]
+fn load_against_running_nodes_reads_memory_from_metrics() {
+    use std::io::BufRead as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let mut dev = ehr()
+        .arg("dev")
+        .arg("--dir")
+        .arg(&dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kills `ehr dev` however the test ends.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = dev.stdout.take().unwrap();
+    let mut dev = Kill(dev);
+    let mut ready = false;
+    for line in std::io::BufReader::new(stdout).lines() {
+        if line.unwrap().contains("Ctrl-C to stop") {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "ehr dev did not start: {:?}", dev.0.try_wait());
+    let json = tmp.path().join("load.json");
+    let mut cmd = ehr();
+    cmd.args(["load", "--duration", "3s", "--sample-every", "250ms"])
+        .args(["--upload-concurrency", "2", "--search-concurrency", "1"])
+        .arg("--consortium")
+        .arg(dir.join("consortium.json"))
+        .arg("--researcher")
+        .arg(dir.join("researcher.json"))
+        .arg("--json")
+        .arg(&json)
+        .env("RUST_LOG", "warn");
+    for i in [2, 3] {
+        cmd.arg("--hospital")
+            .arg(dir.join(format!("hospital-{i}.json")));
+    }
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(r["mode"], "existing");
+    assert!(r["uploads"]["ok"].as_u64().unwrap() > 0, "{stdout}");
+    assert!(r["searches"]["ok"].as_u64().unwrap() > 0, "{stdout}");
+    assert_eq!(r["uploads"]["failed"], 0, "{stdout}");
+    assert_eq!(r["searches"]["failed"], 0, "{stdout}");
+    // Each hospital uploaded to its own node (hospital-2 to node 2, hospital-3 to node 3).
+    let mut nodes: Vec<u64> = r["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["op"] == "upload")
+        .map(|o| o["node"].as_u64().unwrap())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes, [2, 3]);
+    let mem = r["nodes"].as_array().unwrap();
+    assert_eq!(mem.len(), 4);
+    for n in mem {
+        assert_eq!(n["source"], "metrics");
+        assert!(n["pid"].is_null());
+        let samples = n["samples"].as_array().unwrap();
+        if cfg!(target_os = "linux") {
+            assert!(!samples.is_empty(), "no /metrics RSS for {}", n["url"]);
+        }
+    }
+    let _ = &mut dev;
+}
