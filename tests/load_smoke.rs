@@ -32,8 +32,9 @@ fn spawned_load_uploads_searches_and_samples_every_node() {
         .args(["load", "--spawn", "--duration", "4s"])
         .args(["--upload-concurrency", "2", "--search-concurrency", "2"])
         .args(["--sample-every", "250ms", "--seed", "7"])
-        .arg("--dir")
-        .arg(&dir)
+        // A relative --dir: the node configurations must not depend on the children's cwd.
+        .args(["--dir", "consortium"])
+        .current_dir(tmp.path())
         .arg("--json")
         .arg(&json)
         .env("RUST_LOG", "warn")

@@ -20,7 +20,7 @@ use crate::client::api::{Api, SearchPage};
 use crate::client::crypto::{OpenedCapsule, build_query, open_capsules, search_body};
 use crate::client::http::read_json;
 use crate::client::load::{
-    LoadReport, NodeMemory, RssSample, Tally, Workload, error_kind, memory_summary,
+    ErrorCount, LoadReport, NodeMemory, RssSample, Tally, Workload, error_kind, memory_summary,
 };
 use crate::client::{ClientError, Consortium, Identity, NodeClient, Retry};
 use crate::config::NodeConfig;
@@ -577,7 +577,11 @@ async fn run_spawned(args: &LoadArgs) -> anyhow::Result<LoadReport> {
             {
                 bail!("--dir {}: must be absent or empty", d.display());
             }
-            d.clone()
+            // Absolute, so the rewritten node configurations do not depend on the directory
+            // the children start in.
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.canonicalize()
+                .with_context(|| format!("--dir {}", d.display()))?
         }
         None => {
             temp = tempfile::Builder::new()
@@ -637,8 +641,16 @@ async fn run_spawned(args: &LoadArgs) -> anyhow::Result<LoadReport> {
             e.clone()
         })
         .await?;
+        let mut report = report;
         if let Some(why) = exited.into_inner().expect("exit check lock") {
-            bail!("a node stopped during the load: {why}");
+            // The measurements so far are still reported; the run counts as failed.
+            eprintln!("ehr load: a node stopped during the load: {why}");
+            report.errors.push(ErrorCount {
+                op: "node".to_owned(),
+                kind: "process exited".to_owned(),
+                count: 1,
+                example: why,
+            });
         }
         anyhow::Ok(report)
     }

@@ -399,9 +399,15 @@ fn mib(b: u64) -> String {
 }
 
 impl LoadReport {
-    /// Failed requests of both kinds.
+    /// Failed requests of both kinds, plus node processes that stopped during the run.
     pub fn failures(&self) -> u64 {
-        self.uploads.failed + self.searches.failed
+        let nodes: u64 = self
+            .errors
+            .iter()
+            .filter(|e| e.op == "node")
+            .map(|e| e.count)
+            .sum();
+        self.uploads.failed + self.searches.failed + nodes
     }
 
     /// The human-readable report.
@@ -667,6 +673,33 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].count, e[0].example.as_str()), (2, "busy"));
         assert_eq!(t.stats("search", 2.0).volume, 7);
+    }
+
+    #[test]
+    fn a_stopped_node_counts_as_a_failure() {
+        let mut r = LoadReport {
+            mode: "spawn".into(),
+            seed: 1,
+            upload_concurrency: 1,
+            search_concurrency: 1,
+            duration_s: 1.0,
+            elapsed_s: 1.0,
+            uploads: OpStats::default(),
+            searches: OpStats::default(),
+            errors: Vec::new(),
+            nodes: Vec::new(),
+            ops: Vec::new(),
+        };
+        assert_eq!(r.failures(), 0);
+        assert!(r.render().contains("errors: none"));
+        r.errors.push(ErrorCount {
+            op: "node".into(),
+            kind: "process exited".into(),
+            count: 1,
+            example: "node-2 exited".into(),
+        });
+        assert_eq!(r.failures(), 1);
+        assert!(r.render().contains("node process exited: 1"));
     }
 
     proptest! {
