@@ -88,7 +88,11 @@ fn spawned_load_uploads_searches_and_samples_every_node() {
         let samples = n["samples"].as_array().unwrap();
         assert!(!samples.is_empty(), "no RSS sample for pid {pid}");
         for s in samples {
-            assert!(s["rss_bytes"].as_u64().unwrap() > 0);
+            let rss = s["rss_bytes"].as_u64().unwrap();
+            assert!(rss > 0);
+            // The anonymous part comes from /proc/<pid>/status too.
+            let anon = s["anon_bytes"].as_u64().expect("anon_bytes from /proc");
+            assert!(anon > 0 && anon <= rss);
         }
         assert!(n["summary"]["verdict"].is_string());
     }
@@ -230,6 +234,13 @@ fn load_against_running_nodes_reads_memory_from_metrics() {
     for n in mem {
         assert_eq!(n["source"], "metrics");
         assert!(n["pid"].is_null());
+        assert!(
+            n["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|s| s["anon_bytes"].is_null())
+        );
         let samples = n["samples"].as_array().unwrap();
         if cfg!(target_os = "linux") {
             assert!(!samples.is_empty(), "no /metrics RSS for {}", n["url"]);

@@ -184,11 +184,11 @@ enum MemorySource {
 }
 
 impl MemorySource {
-    async fn read(&self, url: &str) -> Option<u64> {
+    /// RSS and, from `/proc`, its anonymous part.
+    async fn read(&self, url: &str) -> Option<(u64, Option<u64>)> {
         match self {
-            MemorySource::Pid(pid) => {
-                crate::node::metrics::read_process(Some(*pid)).map(|s| s.resident_bytes)
-            }
+            MemorySource::Pid(pid) => crate::node::metrics::read_process(Some(*pid))
+                .map(|s| (s.resident_bytes, s.anon_bytes)),
             MemorySource::Metrics(http) => {
                 let text = http
                     .get(format!("{}/metrics", url.trim_end_matches('/')))
@@ -200,7 +200,7 @@ impl MemorySource {
                     .text()
                     .await
                     .ok()?;
-                resident_from_metrics(&text)
+                resident_from_metrics(&text).map(|b| (b, None))
             }
         }
     }
@@ -781,8 +781,8 @@ async fn drive(
                 let mut rss = Vec::new();
                 for (k, (_, url, src)) in target.nodes.iter().enumerate() {
                     match src.read(url).await {
-                        Some(b) => {
-                            samples[k].push(RssSample { t_s, rss_bytes: b });
+                        Some((b, anon_bytes)) => {
+                            samples[k].push(RssSample { t_s, rss_bytes: b, anon_bytes });
                             rss.push(format!("{:.0}", b as f64 / 1048576.0));
                         }
                         None => rss.push("?".to_owned()),

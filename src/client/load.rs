@@ -250,6 +250,9 @@ pub struct RssSample {
     pub t_s: f64,
     /// Resident set size, in bytes.
     pub rss_bytes: u64,
+    /// Its anonymous part (heap, allocator arenas, stacks), in bytes, when read from `/proc`.
+    #[serde(default)]
+    pub anon_bytes: Option<u64>,
 }
 
 /// A node's memory over the run: readings at the start, at each quarter of the samples and at
@@ -454,6 +457,12 @@ impl LoadReport {
                 )),
                 None => s.push_str(&format!("  {who}: no readings ({})\n", n.source)),
             }
+            if let Some(anon) = n.samples.last().and_then(|x| x.anon_bytes) {
+                s.push_str(&format!(
+                    "    of which anonymous at the end: {}\n",
+                    mib(anon)
+                ));
+            }
         }
         s
     }
@@ -636,6 +645,7 @@ mod tests {
             .map(|(i, &b)| RssSample {
                 t_s: i as f64,
                 rss_bytes: b,
+                anon_bytes: None,
             })
             .collect()
     }

@@ -175,6 +175,9 @@ pub struct ProcessSample {
     pub resident_bytes: u64,
     /// Virtual memory size (`VmSize`), in bytes.
     pub virtual_bytes: u64,
+    /// The anonymous part of the resident set (`RssAnon`: heap, allocator arenas, stacks; the
+    /// rest is file-backed, such as memory-mapped index files), if the kernel reports it.
+    pub anon_bytes: Option<u64>,
     /// Open file descriptors, if the directory could be listed.
     pub open_fds: Option<u64>,
     /// The soft limit on open file descriptors, if known.
@@ -199,6 +202,7 @@ pub fn read_process(pid: Option<u32>) -> Option<ProcessSample> {
     };
     let status = std::fs::read_to_string(dir.join("status")).ok()?;
     let (resident_bytes, virtual_bytes) = parse_status(&status)?;
+    let anon_bytes = status_bytes(&status, "RssAnon:");
     let open_fds = std::fs::read_dir(dir.join("fd"))
         .ok()
         .map(|d| d.count() as u64);
@@ -212,6 +216,7 @@ pub fn read_process(pid: Option<u32>) -> Option<ProcessSample> {
     Some(ProcessSample {
         resident_bytes,
         virtual_bytes,
+        anon_bytes,
         open_fds,
         max_fds,
         cpu_seconds,
@@ -221,14 +226,16 @@ pub fn read_process(pid: Option<u32>) -> Option<ProcessSample> {
 /// `(VmRSS, VmSize)` in bytes from the text of `/proc/<pid>/status` (`None` if `VmRSS` is
 /// missing, as for a zombie).
 pub fn parse_status(text: &str) -> Option<(u64, u64)> {
-    let kib = |key: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.starts_with(key))?;
-        let rest = line[key.len()..].trim();
-        let n = rest.strip_suffix("kB").unwrap_or(rest).trim();
-        n.parse::<u64>().ok()?.checked_mul(1024)
-    };
-    let rss = kib("VmRSS:")?;
-    Some((rss, kib("VmSize:").unwrap_or(0)))
+    let rss = status_bytes(text, "VmRSS:")?;
+    Some((rss, status_bytes(text, "VmSize:").unwrap_or(0)))
+}
+
+/// The `key` line (such as `RssAnon:`) of `/proc/<pid>/status`, in bytes (the file says kB).
+pub fn status_bytes(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let rest = line[key.len()..].trim();
+    let n = rest.strip_suffix("kB").unwrap_or(rest).trim();
+    n.parse::<u64>().ok()?.checked_mul(1024)
 }
 
 /// `utime + stime` in clock ticks from the text of `/proc/<pid>/stat`. The command name (field
@@ -313,6 +320,11 @@ mod tests {
         assert_eq!(parse_status(text), Some((12 * 1024, 800 * 1024)));
         assert_eq!(parse_status("Name:\tzombie\nState:\tZ\n"), None);
         assert_eq!(parse_status("VmRSS:\t junk kB\n"), None);
+        assert_eq!(
+            status_bytes("RssAnon:\t   7 kB\n", "RssAnon:"),
+            Some(7 * 1024)
+        );
+        assert_eq!(status_bytes(text, "RssAnon:"), None);
     }
 
     #[test]
@@ -364,6 +376,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             let s = s.expect("/proc/self is readable");
             assert!(s.resident_bytes > 0 && s.virtual_bytes >= s.resident_bytes);
+            assert!(s.anon_bytes.is_some_and(|a| a > 0 && a <= s.resident_bytes));
             assert!(s.open_fds.is_some_and(|n| n > 0));
             let own = read_process(Some(std::process::id())).expect("/proc/<own pid>");
             assert!(own.resident_bytes > 0);
