@@ -7,6 +7,7 @@ pub mod dev;
 mod init;
 mod ipfs;
 mod ledger;
+mod load;
 mod node;
 mod seal;
 mod search;
@@ -94,6 +95,8 @@ enum Command {
     Ledger(ledger::LedgerCmd),
     /// A scripted walkthrough on the development consortium: upload, search, read, verify.
     Demo(demo::DemoArgs),
+    /// Load-test a 4-node consortium: concurrent uploads and searches, latency, memory per node.
+    Load(load::LoadArgs),
 }
 
 /// Parses the command line and runs the chosen command.
@@ -126,5 +129,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Revoke(args) => client::run_revoke(args),
         Command::Ledger(cmd) => ledger::run(cmd),
         Command::Demo(args) => demo::run(args),
+        Command::Load(args) => load::run(args),
     }
 }

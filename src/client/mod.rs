@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod identity;
+pub mod load;
 pub mod problem;
 pub mod proof;
 pub mod record;
