@@ -274,37 +274,41 @@ async fn check_replication(c: &mut Cluster, acks: &[Ack]) {
         ));
     }
 
-    for h in 0..N {
-        let Some(a) = acks.iter().rev().find(|a| a.hospital == h) else {
-            continue;
-        };
-        for i in 0..N {
-            let r = process_support::send(
-                &c.http,
-                reqwest::Method::GET,
-                c.url(i, &format!("/v1/records/{}", a.cid)),
-                Some(&c.researcher),
-                None,
-                vec![],
-            )
-            .await;
-            match r {
-                Ok(r) if r.status == 200 => {
-                    let got = Blockstore::only_hash(&r.body[..]).await.expect("hash");
-                    if got.to_string() != a.cid {
-                        problems.push(format!("node {i} serves other bytes for {}", a.cid));
-                    }
-                }
-                Ok(r) => problems.push(format!(
-                    "read {} (hospital {h}) at node {i}: {} {}",
-                    a.cid,
-                    r.status,
-                    r.text()
-                )),
-                Err(e) => problems.push(format!("read {} at node {i}: {e}", a.cid)),
+    // Each hospital's latest record, read at every node (concurrently: a read that must fetch
+    // from a peer waits up to 10 s).
+    let reads: Vec<(usize, Ack)> = (0..N)
+        .filter_map(|h| acks.iter().rev().find(|a| a.hospital == h).cloned())
+        .flat_map(|a| (0..N).map(move |i| (i, a.clone())))
+        .collect();
+    let cc: &Cluster = c;
+    let results = futures::future::join_all(reads.into_iter().map(|(i, a)| async move {
+        let r = process_support::send(
+            &cc.http,
+            reqwest::Method::GET,
+            cc.url(i, &format!("/v1/records/{}", a.cid)),
+            Some(&cc.researcher),
+            None,
+            vec![],
+        )
+        .await;
+        match r {
+            Ok(r) if r.status == 200 => {
+                let got = Blockstore::only_hash(&r.body[..]).await.expect("hash");
+                (got.to_string() != a.cid)
+                    .then(|| format!("node {i} serves other bytes for {}", a.cid))
             }
+            Ok(r) => Some(format!(
+                "read {} (hospital {}) at node {i}: {} {}",
+                a.cid,
+                a.hospital,
+                r.status,
+                r.text()
+            )),
+            Err(e) => Some(format!("read {} at node {i}: {e}", a.cid)),
         }
-    }
+    }))
+    .await;
+    problems.extend(results.into_iter().flatten());
 
     for i in 0..N {
         c.kill9(i);
