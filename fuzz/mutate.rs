@@ -18,7 +18,7 @@ use proptest::test_runner::Config;
 
 /// The workspace root (the directory that holds `fuzz/`).
 pub fn workspace_root() -> PathBuf {
-    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let here = manifest_dir();
     if here.join("fuzz").is_dir() {
         here.to_path_buf()
     } else {
@@ -441,4 +441,12 @@ fn mutation_engine_edits_varints_and_ints() {
     apply(&mut d, &m, &other, 50);
     assert_eq!(d.len(), 50);
     assert!(d.iter().all(|&b| b == 9));
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

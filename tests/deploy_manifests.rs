@@ -15,7 +15,7 @@ use std::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
 }
 
 /// What one run of the check script looks at.
@@ -311,4 +311,12 @@ fn alerts_over_metrics_the_node_does_not_export_are_refused() {
         !out.contains("alerts use ehr_auth_failures_total, which"),
         "a counter's _total sample was not derived from its TYPE line:\n{out}"
     );
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

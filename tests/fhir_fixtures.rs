@@ -19,7 +19,7 @@ use ehr::fhir::{
 use serde_json::Value;
 
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir")
+    manifest_dir().join("tests/fixtures/fhir")
 }
 
 const BUNDLE: &str = "carebundle/type2_diabetes-42-0000.json";
@@ -379,4 +379,12 @@ mod mutations {
             let _ = extract(&bytes, InputFormat::Json, &ExtractConfig::default());
         }
     }
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -13,7 +13,6 @@
 #[path = "../fuzz/mutate.rs"]
 mod mutate;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use ed25519_dalek::{Signer as _, SigningKey};
@@ -76,7 +75,7 @@ fn fhir_edge_cases() -> Vec<(String, Vec<u8>)> {
 fn fhir_seeds() -> Arc<Vec<Vec<u8>>> {
     static S: std::sync::OnceLock<Arc<Vec<Vec<u8>>>> = std::sync::OnceLock::new();
     S.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir");
+        let root = mutate::manifest_dir().join("tests/fixtures/fhir");
         let mut v: Vec<Vec<u8>> = mutate::load_dir(&root.join("r4-examples"))
             .into_iter()
             .chain(mutate::load_dir(&root.join("carebundle")))

@@ -43,7 +43,7 @@ fn lines(s: &str) -> Vec<String> {
 
 /// Node 22 from `scripts/setup-js.sh` (installs tests/js on first use; fails loudly if npm does).
 fn js_parity(files: &[PathBuf]) -> Vec<String> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest_dir();
     let setup = Command::new("bash")
         .arg(root.join("scripts/setup-js.sh"))
         .output()
@@ -218,4 +218,12 @@ fn bad_input_is_a_clear_error() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("START is after END"));
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -13,7 +13,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 fn fixtures() -> Vec<(PathBuf, &'static str)> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fhir");
+    let root = manifest_dir().join("tests/fixtures/fhir");
     let mut out = vec![
         (
             root.join("carebundle/type2_diabetes-42-0000.json"),
@@ -337,4 +337,12 @@ async fn fixtures_leave_no_plaintext_restart_keeps_state_bad_inputs_change_nothi
     );
 
     net.dev.shutdown().await;
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }

@@ -214,10 +214,7 @@ fn run_child(args: &[String]) -> Vec<String> {
 }
 
 fn setup_js() -> (PathBuf, PathBuf) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace")
-        .to_path_buf();
+    let root = manifest_dir().parent().expect("workspace").to_path_buf();
     let out = Command::new("bash")
         .arg(root.join("scripts/setup-js.sh"))
         .output()
@@ -401,4 +398,12 @@ fn main() {
         );
         store.shutdown().await;
     });
+}
+
+/// The package directory: cargo's run-time value (a test binary reused from a build in another
+/// checkout would carry that checkout's compile-time path), else the compile-time one.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
