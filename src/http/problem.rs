@@ -81,7 +81,9 @@ impl From<OpError> for Problem {
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("the ledger rejected the transaction: {code}: {reason}"),
             ),
-            OpError::Unavailable(d) => Problem::new(StatusCode::SERVICE_UNAVAILABLE, d),
+            OpError::Unavailable(d) | OpError::OutcomeUnknown(d) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, d)
+            }
             OpError::TooLarge(d) => Problem::new(StatusCode::PAYLOAD_TOO_LARGE, d),
             OpError::Internal(d) => {
                 // The request id is what the client's problem shows: log it to find this line.

@@ -79,6 +79,10 @@ pub enum OpError {
     /// A failure inside the node (500); details are logged, not returned.
     #[error("{0}")]
     Internal(String),
+    /// A transaction was submitted but its commit was not seen (503): it may still commit, so
+    /// nothing it refers to may be discarded.
+    #[error("{0}")]
+    OutcomeUnknown(String),
 }
 
 impl OpError {
@@ -88,6 +92,13 @@ impl OpError {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+
+    /// Whether the operation may still take effect on the ledger (its transaction was
+    /// submitted and its commit not seen): an upload must then keep its blocks pinned, or the
+    /// ledger could name a record that no node stores.
+    pub fn may_have_committed(&self) -> bool {
+        matches!(self, OpError::OutcomeUnknown(_))
     }
 }
 
@@ -99,9 +110,12 @@ impl From<NetError> for OpError {
                 reason: r,
             },
             NetError::Overloaded => OpError::Unavailable("the ledger is overloaded".into()),
-            NetError::Timeout(d) => {
-                OpError::Unavailable(format!("the ledger did not commit within {d:?}"))
-            }
+            NetError::Timeout(d) => OpError::OutcomeUnknown(format!(
+                "the ledger did not commit within {d:?} (the transaction may still commit)"
+            )),
+            NetError::DriverStopped => OpError::OutcomeUnknown(
+                "the ledger driver stopped (a submitted transaction may still commit)".into(),
+            ),
             other => OpError::Unavailable(other.to_string()),
         }
     }
@@ -226,10 +240,7 @@ impl NodeCtx {
         let result = self
             .wrap_label_register(cid, key, keywords, capsule, added.size, patient)
             .await;
-        if result.is_err() {
-            self.unpin_quietly(cid).await;
-        }
-        result
+        self.settle_failed(result, &[cid]).await
     }
 
     /// Seals, stores, wraps and indexes every plaintext of `docs`, then registers them all in
@@ -270,10 +281,8 @@ impl NodeCtx {
             return Err(e);
         }
         let result = self.register_prepared(&ready, capsule, patient).await;
-        if result.is_err() {
-            self.unpin_all(&ready).await;
-        }
-        result
+        let cids: Vec<Cid> = ready.iter().map(|p| p.cid).collect();
+        self.settle_failed(result, &cids).await
     }
 
     /// One record of [`Self::upload_plain_atomic`], stored (pinned) and wrapped, not yet
@@ -410,6 +419,44 @@ impl NodeCtx {
             .as_mut()
             .expect("invariant: a usable KEK was just ensured");
         Ok(kek.wrap(cid, key.expose_secret(), &mut rand::rngs::OsRng))
+    }
+
+    /// After a registration attempt: on a definite failure the stored DAGs of `cids` are
+    /// unpinned (garbage); when the transaction may still commit they stay pinned (the ledger
+    /// may name them) and the error tells the client which records to look up before uploading
+    /// again.
+    async fn settle_failed<T>(
+        &self,
+        result: Result<T, OpError>,
+        cids: &[Cid],
+    ) -> Result<T, OpError> {
+        match result {
+            Ok(v) => Ok(v),
+            Err(OpError::OutcomeUnknown(d)) => {
+                tracing::warn!(
+                    records = cids.len(),
+                    first = %cids.first().map(|c| c.to_string()).unwrap_or_default(),
+                    "registration outcome unknown; the stored records stay pinned"
+                );
+                let which = match cids {
+                    [one] => format!("record {one} stays stored; look it up"),
+                    [first, ..] => format!(
+                        "{} records (the first is {first}) stay stored; look them up",
+                        cids.len()
+                    ),
+                    [] => "upload stored nothing; look it up".to_owned(),
+                };
+                Err(OpError::OutcomeUnknown(format!(
+                    "{d}: the {which} (GET /v1/records/{{cid}}) before uploading again"
+                )))
+            }
+            Err(e) => {
+                for cid in cids {
+                    self.unpin_quietly(*cid).await;
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn unpin_all(&self, prepared: &[Prepared]) {
@@ -552,10 +599,7 @@ impl NodeCtx {
         let r = self
             .register(added.cid, wrapped_key, labels, capsule, added.size, patient)
             .await;
-        if r.is_err() {
-            self.unpin_quietly(added.cid).await;
-        }
-        r
+        self.settle_failed(r, &[added.cid]).await
     }
 }
 
