@@ -168,3 +168,84 @@ async fn configured_peers_are_redialled_by_dns_name_until_they_come_up() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A peer that goes away and comes back (same identity, same address) still exchanges blocks
+/// in both directions. rust-ipfs 0.16's bitswap never makes a new session for a peer whose
+/// last connection closed once, so this is what the block-exchange protocol is for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_flow_both_ways_after_a_peer_restarts() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a_config = |listen: &str| BlockstoreConfig {
+        repo: da.path().to_path_buf(),
+        identity: ehr_storage::blockstore::IdentitySource::InRepo,
+        listen: vec![listen.parse().expect("multiaddr")],
+        ..Default::default()
+    };
+    let a = Blockstore::open(a_config("/ip4/127.0.0.1/tcp/0"))
+        .await
+        .expect("open a");
+    let a_id = a.peer_id();
+    let a_addr = addr_of(&a, false).await;
+    let port = a_addr
+        .iter()
+        .find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port");
+    let b = Blockstore::open(BlockstoreConfig {
+        repo: db.path().to_path_buf(),
+        identity: ehr_storage::blockstore::IdentitySource::Ephemeral,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        bootstrap: vec![a_addr],
+        ..Default::default()
+    })
+    .await
+    .expect("open b");
+    let wait_connected = |b: &Blockstore| {
+        let b = b.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            while !b.connected_peers().await.unwrap().contains(&a_id) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "b never reconnected"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    wait_connected(&b).await;
+
+    let first = common::seeded(CHUNK_SIZE + 3, 21);
+    let first_cid = a.add_bytes(&first).await.expect("add").cid;
+    b.fetch_and_pin(first_cid, &[a_id], Duration::from_secs(10))
+        .await
+        .expect("fetch before the restart");
+
+    // A goes away and comes back on the same address with the same identity.
+    a.shutdown().await;
+    let a = Blockstore::open(a_config(&format!("/ip4/127.0.0.1/tcp/{port}")))
+        .await
+        .expect("reopen a");
+    assert_eq!(a.peer_id(), a_id);
+    wait_connected(&b).await;
+
+    let second = common::seeded(2 * CHUNK_SIZE + 5, 22);
+    let second_cid = a.add_bytes(&second).await.expect("add").cid;
+    b.fetch_and_pin(second_cid, &[a_id], Duration::from_secs(10))
+        .await
+        .expect("b fetches from the restarted peer");
+    let got: Vec<bytes::Bytes> = b.cat(second_cid).try_collect().await.expect("cat");
+    assert!(got.concat() == second, "fetched bytes differ");
+
+    let third = common::seeded(CHUNK_SIZE / 2, 23);
+    let third_cid = b.add_bytes(&third).await.expect("add").cid;
+    a.fetch_and_pin(third_cid, &[b.peer_id()], Duration::from_secs(10))
+        .await
+        .expect("the restarted peer fetches from b");
+    assert!(a.is_pinned(third_cid).await.expect("pinned"));
+
+    a.shutdown().await;
+    b.shutdown().await;
+}

@@ -35,6 +35,7 @@
 
 pub mod config;
 pub mod dag;
+mod exchange;
 mod peers;
 mod read;
 
@@ -115,6 +116,19 @@ impl std::fmt::Debug for Blockstore {
     }
 }
 
+/// How long [`Blockstore::open`] waits for a repository another instance holds.
+const REPO_IN_USE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Whether a start failed because another instance holds the repository lock.
+fn repo_in_use(e: &rust_ipfs::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rust_ipfs::repo::LockError>(),
+            Some(rust_ipfs::repo::LockError::RepoInUse)
+        )
+    })
+}
+
 fn repo_err(what: &str) -> impl FnOnce(rust_ipfs::Error) -> StoreError + '_ {
     move |e| StoreError::Repo(format!("{what}: {e:#}"))
 }
@@ -184,35 +198,26 @@ impl Blockstore {
         };
         let peer_id = keypair.public().to_peer_id();
 
-        let mut builder = DefaultIpfsBuilder::with_keypair(&keypair)
-            .map_err(|e| StoreError::Identity {
-                path: cfg.identity_path().unwrap_or_default(),
-                reason: e.to_string(),
-            })?
-            .set_path(&cfg.repo)
-            .with_identify(IdentifyConfiguration {
-                agent_version: format!("ehr/{}", env!("CARGO_PKG_VERSION")),
-                ..Default::default()
-            })
-            .with_bitswap()
-            .with_ping(Default::default())
-            .enable_tcp()
-            .set_listening_addrs(cfg.listen.clone());
-        match &cfg.private_network {
-            // pnet wraps stream transports only; QUIC would bypass it, so it stays off.
-            Some(key) => {
-                info!(fingerprint = %key.fingerprint(), "private network enabled (TCP only)");
-                builder = builder.enable_pnet(key.psk());
+        // A store shut down in this process releases the repository lock only when rust-ipfs's
+        // background tasks have dropped their handles, a moment after `shutdown` returns; an
+        // open right after (a restart) waits for that rather than failing.
+        let deadline = tokio::time::Instant::now() + REPO_IN_USE_WAIT;
+        let ipfs = loop {
+            match Self::builder(&cfg, &keypair)?.start().await {
+                Ok(ipfs) => break ipfs,
+                Err(e) if repo_in_use(&e) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(StoreError::Repo(format!(
+                            "{} is in use by another IPFS instance (another ehr process?): stop \
+                             it, or give this one its own data directory",
+                            cfg.repo.display()
+                        )));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(repo_err("starting the node")(e)),
             }
-            None => builder = builder.enable_quic(),
-        }
-        if cfg.kademlia {
-            builder = builder.with_kademlia();
-        }
-        let ipfs = builder
-            .start()
-            .await
-            .map_err(repo_err("starting the node"))?;
+        };
 
         let mut store = Self {
             inner: Arc::new(Inner {
@@ -235,6 +240,13 @@ impl Blockstore {
                 inner.open_report = report;
             }
         }
+        let requests = store
+            .inner
+            .ipfs
+            .requests_subscribe(exchange::PROTOCOL)
+            .await
+            .map_err(|e| StoreError::Network(format!("serving block requests: {e}")))?;
+        tokio::spawn(exchange::serve(Arc::downgrade(&store.inner), requests));
         // Dial the configured peers once now, then keep them connected in the background
         // (they start in any order, restart and may change address).
         for addr in &store.inner.config.bootstrap {
@@ -248,6 +260,40 @@ impl Blockstore {
         ));
         info!(peer_id = %store.inner.peer_id, "blockstore open");
         Ok(store)
+    }
+
+    /// The rust-ipfs builder for `cfg` (one per start attempt: starting consumes it).
+    fn builder(
+        cfg: &BlockstoreConfig,
+        keypair: &Keypair,
+    ) -> Result<DefaultIpfsBuilder, StoreError> {
+        let mut builder = DefaultIpfsBuilder::with_keypair(keypair)
+            .map_err(|e| StoreError::Identity {
+                path: cfg.identity_path().unwrap_or_default(),
+                reason: e.to_string(),
+            })?
+            .set_path(&cfg.repo)
+            .with_identify(IdentifyConfiguration {
+                agent_version: format!("ehr/{}", env!("CARGO_PKG_VERSION")),
+                ..Default::default()
+            })
+            .with_bitswap()
+            .with_request_response(vec![exchange::config()])
+            .with_ping(Default::default())
+            .enable_tcp()
+            .set_listening_addrs(cfg.listen.clone());
+        match &cfg.private_network {
+            // pnet wraps stream transports only; QUIC would bypass it, so it stays off.
+            Some(key) => {
+                info!(fingerprint = %key.fingerprint(), "private network enabled (TCP only)");
+                builder = builder.enable_pnet(key.psk());
+            }
+            None => builder = builder.enable_quic(),
+        }
+        if cfg.kademlia {
+            builder = builder.with_kademlia();
+        }
+        Ok(builder)
     }
 
     /// What the consistency check at open found (empty if `check_on_open` was off).
@@ -494,9 +540,11 @@ impl Blockstore {
         Ok(None)
     }
 
-    /// Fetches the whole DAG under `cid` from connected peers over bitswap (every received
-    /// block is hash-checked), then pins it. `providers` are peers to ask first; `timeout`
-    /// bounds each block request.
+    /// Fetches the whole DAG under `cid` from connected peers (every received block is
+    /// hash-checked and written durably), then pins it. Each missing block is asked of the
+    /// providers with the [`exchange`] protocol first and over bitswap if none serves it there.
+    /// `providers` are the peers to ask (empty: every connected peer); `timeout` bounds each
+    /// bitswap block request.
     #[instrument(skip_all, fields(cid = %cid))]
     pub async fn fetch_and_pin(
         &self,
@@ -506,22 +554,75 @@ impl Blockstore {
     ) -> Result<(), StoreError> {
         dag::check_file_codec(&cid)?;
         let _gc = self.inner.gc_lock.read().await;
-        self.inner
-            .ipfs
-            .fetch(&cid)
-            .recursive()
-            .providers(providers)
-            .timeout(timeout)
-            .await
-            .map_err(|e| StoreError::Network(format!("fetching {cid}: {e:#}")))?;
+        let connected = self.connected_peers().await?;
+        let asked: Vec<PeerId> = if providers.is_empty() {
+            connected
+        } else {
+            providers
+                .iter()
+                .filter(|p| connected.contains(p))
+                .copied()
+                .collect()
+        };
+        let ipfs = &self.inner.ipfs;
+        let mut stack = vec![cid];
+        while let Some(c) = stack.pop() {
+            let data = match ipfs.repo().get_block_now(c).await {
+                Ok(Some(b)) => b.into_inner().1,
+                _ => {
+                    let data = match exchange::fetch(ipfs, &c, &asked).await {
+                        Ok(d) => d,
+                        Err(e) => {
+                            debug!(cid = %c, error = %e, "block exchange failed; trying bitswap");
+                            self.fetch_over_bitswap(c, providers, timeout).await?
+                        }
+                    };
+                    let block = Block::new(c, data.to_vec())
+                        .map_err(|e| StoreError::Repo(format!("block {c}: {e}")))?;
+                    ipfs.repo()
+                        .put_block(&block)
+                        .await
+                        .map_err(repo_err("storing a fetched block"))?;
+                    data
+                }
+            };
+            let block = Block::new_unchecked(c, data.to_vec());
+            let mut refs = Vec::new();
+            block
+                .references(&mut refs)
+                .map_err(|e| StoreError::MalformedNode {
+                    cid: c.to_string(),
+                    reason: e.to_string(),
+                })?;
+            stack.extend(refs.into_iter().rev());
+        }
         self.check_dag(cid).await?;
-        self.inner
-            .ipfs
-            .insert_pin(cid)
+        ipfs.insert_pin(cid)
             .recursive()
             .local()
             .await
             .map_err(repo_err("pinning a fetched DAG"))
+    }
+
+    /// One block over bitswap (hash-checked), for peers that do not speak the exchange
+    /// protocol.
+    async fn fetch_over_bitswap(
+        &self,
+        cid: Cid,
+        providers: &[PeerId],
+        timeout: std::time::Duration,
+    ) -> Result<Bytes, StoreError> {
+        let block = self
+            .inner
+            .ipfs
+            .get_block(cid)
+            .providers(providers)
+            .timeout(timeout)
+            .await
+            .map_err(|e| StoreError::Network(format!("fetching {cid}: {e:#}")))?;
+        let data = Bytes::copy_from_slice(block.data());
+        dag::verify_block(&cid, &data)?;
+        Ok(data)
     }
 
     /// Pins `cid` recursively after checking its DAG is complete locally.
@@ -706,6 +807,30 @@ mod tests {
             listen: Vec::new(),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn a_restart_in_the_same_process_waits_for_the_repository_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        let cid = store.add_bytes(b"kept").await.expect("add").cid;
+        // Shut down and reopen at once, concurrently: the second open must not fail because
+        // the first instance's tasks still hold the lock for a moment.
+        let (_, reopened) = tokio::join!(store.shutdown(), Blockstore::open(offline(dir.path())));
+        let store = reopened.expect("reopen waits for the lock");
+        assert!(store.is_pinned(cid).await.expect("pins"));
+
+        let held = tokio::time::timeout(
+            REPO_IN_USE_WAIT + std::time::Duration::from_secs(10),
+            Blockstore::open(offline(dir.path())),
+        )
+        .await
+        .expect("a held repository is reported, not waited on forever");
+        let err = held
+            .expect_err("the repository is held by the open store")
+            .to_string();
+        assert!(err.contains("in use by another IPFS instance"), "{err}");
+        store.shutdown().await;
     }
 
     async fn collect(
