@@ -287,41 +287,8 @@ async fn check_replication(c: &mut Cluster, acks: &[Ack]) {
         ));
     }
 
-    // Each hospital's latest record, read at every node (concurrently: a read that must fetch
-    // from a peer waits up to 10 s).
-    let reads: Vec<(usize, Ack)> = (0..N)
-        .filter_map(|h| acks.iter().rev().find(|a| a.hospital == h).cloned())
-        .flat_map(|a| (0..N).map(move |i| (i, a.clone())))
-        .collect();
-    let cc: &Cluster = c;
-    let results = futures::future::join_all(reads.into_iter().map(|(i, a)| async move {
-        let r = process_support::send(
-            &cc.http,
-            reqwest::Method::GET,
-            cc.url(i, &format!("/v1/records/{}", a.cid)),
-            Some(&cc.researcher),
-            None,
-            vec![],
-        )
-        .await;
-        match r {
-            Ok(r) if r.status == 200 => {
-                let got = Blockstore::only_hash(&r.body[..]).await.expect("hash");
-                (got.to_string() != a.cid)
-                    .then(|| format!("node {i} serves other bytes for {}", a.cid))
-            }
-            Ok(r) => Some(format!(
-                "read {} (hospital {}) at node {i}: {} {}",
-                a.cid,
-                a.hospital,
-                r.status,
-                r.text()
-            )),
-            Err(e) => Some(format!("read {} at node {i}: {e}", a.cid)),
-        }
-    }))
-    .await;
-    problems.extend(results.into_iter().flatten());
+    // Each hospital's latest record, read at every node.
+    problems.extend(probe(c, acks, "after the faults").await);
 
     for i in 0..N {
         c.kill9(i);
@@ -365,8 +332,9 @@ async fn check_replication(c: &mut Cluster, acks: &[Ack]) {
     );
 }
 
-/// Each hospital's latest acknowledged record read at every node; prints the statuses and
-/// returns the reads that did not answer 200.
+/// Each hospital's latest acknowledged record read at every node (concurrently: a read that
+/// must fetch from a peer waits up to 10 s), its bytes checked against its CID; prints the
+/// statuses and returns a description of every read that failed.
 async fn probe(c: &Cluster, acks: &[Ack], label: &str) -> Vec<String> {
     let reads: Vec<(usize, Ack)> = (0..N)
         .filter_map(|h| acks.iter().rev().find(|a| a.hospital == h).cloned())
@@ -382,14 +350,27 @@ async fn probe(c: &Cluster, acks: &[Ack], label: &str) -> Vec<String> {
             vec![],
         )
         .await;
-        (
-            format!(
-                "h{}@n{i}:{}",
+        let shown = format!(
+            "h{}@n{i}:{}",
+            a.hospital,
+            r.as_ref().map(|r| r.status).unwrap_or(0)
+        );
+        let problem = match r {
+            Ok(r) if r.status == 200 => {
+                let got = Blockstore::only_hash(&r.body[..]).await.expect("hash");
+                (got.to_string() != a.cid)
+                    .then(|| format!("node {i} serves other bytes for {}", a.cid))
+            }
+            Ok(r) => Some(format!(
+                "read {} (hospital {}) at node {i}: {} {}",
+                a.cid,
                 a.hospital,
-                r.as_ref().map(|r| r.status).unwrap_or(0)
-            ),
-            matches!(r, Ok(r) if r.status == 200),
-        )
+                r.status,
+                r.text()
+            )),
+            Err(e) => Some(format!("read {} at node {i}: {e}", a.cid)),
+        };
+        (shown, problem)
     }))
     .await;
     let mut q = Vec::new();
@@ -398,11 +379,7 @@ async fn probe(c: &Cluster, acks: &[Ack], label: &str) -> Vec<String> {
     }
     let shown: Vec<&str> = results.iter().map(|(s, _)| s.as_str()).collect();
     eprintln!("[probe] {label}: {} queues {q:?}", shown.join(" "));
-    results
-        .into_iter()
-        .filter(|(_, ok)| !ok)
-        .map(|(s, _)| s)
-        .collect()
+    results.into_iter().filter_map(|(_, p)| p).collect()
 }
 
 /// The default scenario (see the file's documentation).

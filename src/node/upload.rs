@@ -221,21 +221,7 @@ impl NodeCtx {
         capsule: [u8; 32],
         patient: Option<ParticipantId>,
     ) -> Result<Uploaded, OpError> {
-        let (key, sealed) = tokio::task::spawn_blocking(move || {
-            let key = DataKey::generate().map_err(|e| OpError::Internal(e.to_string()))?;
-            let sealed = seal::seal(&key, &SealContext::new(capsule.to_vec()), &plaintext)
-                .map_err(|e| OpError::Internal(format!("sealing: {e}")))?;
-            drop(plaintext);
-            Ok::<_, OpError>((key, sealed))
-        })
-        .await
-        .map_err(|e| OpError::Internal(e.to_string()))??;
-        self.metrics.upload_bytes.inc_by(sealed.len() as u64);
-        let added = self
-            .blockstore
-            .add_bytes(&sealed)
-            .await
-            .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
+        let (key, added) = self.seal_and_store(plaintext, capsule).await?;
         let cid = added.cid;
         let result = self
             .wrap_label_register(cid, key, keywords, capsule, added.size, patient)
@@ -285,14 +271,13 @@ impl NodeCtx {
         self.settle_failed(result, &cids).await
     }
 
-    /// One record of [`Self::upload_plain_atomic`], stored (pinned) and wrapped, not yet
-    /// registered. On failure nothing of it stays pinned.
-    async fn prepare_plain(
+    /// Seals `plaintext` under a fresh data key (on a blocking thread; the plaintext is dropped
+    /// there) and adds the envelope to the blockstore, pinned.
+    async fn seal_and_store(
         &self,
         plaintext: Vec<u8>,
-        keywords: Vec<Keyword>,
         capsule: [u8; 32],
-    ) -> Result<Prepared, OpError> {
+    ) -> Result<(DataKey, ehr_storage::blockstore::AddResult), OpError> {
         let (key, sealed) = tokio::task::spawn_blocking(move || {
             let key = DataKey::generate().map_err(|e| OpError::Internal(e.to_string()))?;
             let sealed = seal::seal(&key, &SealContext::new(capsule.to_vec()), &plaintext)
@@ -308,7 +293,18 @@ impl NodeCtx {
             .add_bytes(&sealed)
             .await
             .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
-        drop(sealed);
+        Ok((key, added))
+    }
+
+    /// One record of [`Self::upload_plain_atomic`], stored (pinned) and wrapped, not yet
+    /// registered. On failure nothing of it stays pinned.
+    async fn prepare_plain(
+        &self,
+        plaintext: Vec<u8>,
+        keywords: Vec<Keyword>,
+        capsule: [u8; 32],
+    ) -> Result<Prepared, OpError> {
+        let (key, added) = self.seal_and_store(plaintext, capsule).await?;
         let cid_bytes = added.cid.to_bytes();
         let wrapped = self.encapsulate(capsule, &cid_bytes, &key).await;
         let labels = wrapped.and_then(|w| {
