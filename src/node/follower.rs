@@ -3,7 +3,8 @@
 //! The follower is a dedicated thread (tantivy's writes are blocking) that reads the
 //! [`AppEvent`]s of [`super::app::SharedLedger`] in commit order, turns `RecordAdded` /
 //! `RecordRemoved` into [`IndexEvent`]s, marks every block applied, and commits the index after
-//! each batch of events. On [`AppEvent::Restored`] (or at start) it catches up from the state
+//! each batch of events, at most every [`COMMIT_INTERVAL`] (a tantivy commit writes a segment;
+//! committing per block under upload load cost more CPU than the records). On [`AppEvent::Restored`] (or at start) it catches up from the state
 //! itself: every record registered, or removed, above the index's applied height. If the index
 //! refuses an event (a conflict or an out-of-order event: the index and the ledger disagree),
 //! it rebuilds the index from the state into a fresh directory and swaps it in.
@@ -212,9 +213,17 @@ impl Follower {
                 tracing::error!(error = %e, "index rebuild failed");
             }
         }
+        let mut last_commit = std::time::Instant::now();
         while let Some(first) = rx.blocking_recv() {
+            // Commit at most every COMMIT_INTERVAL: each tantivy commit writes a segment (files
+            // and a term dictionary), so committing per block under load spent more CPU on
+            // segments than on records. Events that arrive meanwhile join the batch.
+            let wait = COMMIT_INTERVAL.saturating_sub(last_commit.elapsed());
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
             let mut batch = vec![first];
-            while batch.len() < 512 {
+            while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(e) => batch.push(e),
                     Err(_) => break,
@@ -240,6 +249,7 @@ impl Follower {
                     if let Err(e) = idx.commit() {
                         broken = Some(e.to_string());
                     }
+                    last_commit = std::time::Instant::now();
                     self.metrics.index_height.set(idx.applied_height() as i64);
                 }
             }
@@ -258,6 +268,12 @@ impl Follower {
         }
     }
 }
+
+/// Shortest time between two index commits (also the longest a committed record waits to
+/// become searchable beyond its own commit).
+const COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
+/// Most ledger events applied in one index commit.
+const MAX_BATCH: usize = 4096;
 
 /// Fetches and pins every record's DAG that is not pinned here yet.
 pub async fn replicate(
