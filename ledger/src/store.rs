@@ -145,6 +145,10 @@ fn dec<'a, T: serde::Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> Result<T, 
     postcard::from_bytes(bytes).map_err(|e| LedgerError::Corrupt(format!("{what}: {e}")))
 }
 
+/// The ledger store's page cache: recent blocks, votes and the latest snapshot stay hot; older
+/// history is read from disk (state transfer, proofs), which the OS page cache also serves.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 /// The redb-backed store. Cheap to clone: clones share one database, so a reader (the node
 /// serving committed blocks) can hold a clone while the driver writes through another.
 #[derive(Clone)]
@@ -159,9 +163,15 @@ impl std::fmt::Debug for RedbStore {
 }
 
 impl RedbStore {
-    /// Opens (or creates) the database file at `path`.
+    /// Opens (or creates) the database file at `path`, with a [`CACHE_BYTES`] page cache
+    /// (redb's default, 1 GiB, let a node's memory grow with the chain under load).
     pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let db = st!(Database::create(path), "open")?;
+        let db = st!(
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(path),
+            "open"
+        )?;
         Self::init(db)
     }
 

@@ -154,7 +154,11 @@ fn store_err(e: impl std::fmt::Display) -> SecretError {
 impl OwnerKeyStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path, hospital_seed: &[u8; 32]) -> Result<Self, SecretError> {
-        let db = Database::create(path).map_err(store_err)?;
+        // A small cache: keys are written once and read on grants (redb's default is 1 GiB).
+        let db = redb::Builder::new()
+            .set_cache_size(8 * 1024 * 1024)
+            .create(path)
+            .map_err(store_err)?;
         let tx = db.begin_write().map_err(store_err)?;
         tx.open_table(DATA_KEYS).map_err(store_err)?;
         tx.commit().map_err(store_err)?;
