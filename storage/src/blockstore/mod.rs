@@ -567,26 +567,24 @@ impl Blockstore {
         let ipfs = &self.inner.ipfs;
         let mut stack = vec![cid];
         while let Some(c) = stack.pop() {
-            let data = match ipfs.repo().get_block_now(c).await {
-                Ok(Some(b)) => b.into_inner().1,
-                _ => {
-                    let data = match exchange::fetch(ipfs, &c, &asked).await {
-                        Ok(d) => d,
-                        Err(e) => {
-                            debug!(cid = %c, error = %e, "block exchange failed; trying bitswap");
-                            self.fetch_over_bitswap(c, providers, timeout).await?
-                        }
-                    };
-                    let block = Block::new(c, data.to_vec())
-                        .map_err(|e| StoreError::Repo(format!("block {c}: {e}")))?;
-                    ipfs.repo()
-                        .put_block(&block)
-                        .await
-                        .map_err(repo_err("storing a fetched block"))?;
-                    data
-                }
+            let block = match ipfs.repo().get_block_now(c).await {
+                Ok(Some(b)) => b,
+                _ => match exchange::fetch(ipfs, &c, &asked).await {
+                    Ok(data) => {
+                        // Hash-checked by the exchange; stored here (bitswap stores its own).
+                        let block = Block::new_unchecked(c, data);
+                        ipfs.repo()
+                            .put_block(&block)
+                            .await
+                            .map_err(repo_err("storing a fetched block"))?;
+                        block
+                    }
+                    Err(e) => {
+                        debug!(cid = %c, error = %e, "block exchange failed; trying bitswap");
+                        self.fetch_over_bitswap(c, providers, timeout).await?
+                    }
+                },
             };
-            let block = Block::new_unchecked(c, data.to_vec());
             let mut refs = Vec::new();
             block
                 .references(&mut refs)
@@ -604,14 +602,14 @@ impl Blockstore {
             .map_err(repo_err("pinning a fetched DAG"))
     }
 
-    /// One block over bitswap (hash-checked), for peers that do not speak the exchange
-    /// protocol.
+    /// One block over bitswap (hash-checked; rust-ipfs stores it), for peers that do not speak
+    /// the exchange protocol.
     async fn fetch_over_bitswap(
         &self,
         cid: Cid,
         providers: &[PeerId],
         timeout: std::time::Duration,
-    ) -> Result<Bytes, StoreError> {
+    ) -> Result<Block, StoreError> {
         let block = self
             .inner
             .ipfs
@@ -620,9 +618,8 @@ impl Blockstore {
             .timeout(timeout)
             .await
             .map_err(|e| StoreError::Network(format!("fetching {cid}: {e:#}")))?;
-        let data = Bytes::copy_from_slice(block.data());
-        dag::verify_block(&cid, &data)?;
-        Ok(data)
+        dag::verify_block(&cid, block.data())?;
+        Ok(block)
     }
 
     /// Pins `cid` recursively after checking its DAG is complete locally.
