@@ -63,7 +63,15 @@ async fn crash_child_entry_point() {
 }
 
 fn count_blocks(repo: &Path) -> usize {
-    let mut n = 0;
+    block_dir_files(repo)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "data"))
+        .count()
+}
+
+/// Every file under the repository's block store.
+fn block_dir_files(repo: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![repo.join("blockstore")];
     while let Some(d) = stack.pop() {
         let Ok(entries) = std::fs::read_dir(&d) else {
@@ -73,12 +81,12 @@ fn count_blocks(repo: &Path) -> usize {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "data") {
-                n += 1;
+            } else {
+                files.push(p);
             }
         }
     }
-    n
+    files
 }
 
 /// Starts the child in `mode` and SIGKILLs it once the repo holds more than `blocks` blocks.
@@ -158,6 +166,12 @@ async fn kill_mid_add_leaves_repo_consistent() {
             report.incomplete_pins.is_empty(),
             "{mode}+{extra}: partial DAG pinned: {report:?}"
         );
+        // a block being written when the kill came is a temporary file, removed at open
+        let stray: Vec<PathBuf> = block_dir_files(repo)
+            .into_iter()
+            .filter(|p| p.extension().is_none_or(|x| x != "data"))
+            .collect();
+        assert!(stray.is_empty(), "{mode}+{extra}: left behind: {stray:?}");
         // every pin is either the record added before, or a complete small record
         for pin in store.list_pins().await.expect("pins") {
             assert!(

@@ -19,8 +19,12 @@
 //!   `BalancedCollector` of 174) instead of `Ipfs::add_unixfs`, which in 0.16 fails on an
 //!   input exactly one chunk long. We feed it whole chunks and take the last block produced
 //!   as the root. Parity with the JS reference importer is tested at every DAG-shape boundary.
-//! - Blocks are written by spawned tasks, up to `max_in_flight_blocks` at once, because the fs
-//!   store fsyncs every block (and its directory); concurrency hides that latency.
+//! - Blocks are written by [`files::BlockWriter`], up to `max_in_flight_blocks` at once, in
+//!   rust-ipfs's file layout but around its `put`, which holds a store-wide lock while it
+//!   fsyncs each block and its directory (one block at a time, for every upload of the node);
+//!   ours fsyncs each block file in parallel and each directory once per DAG, before the pin.
+//!   Blocks fetched with the exchange protocol are written the same way; blocks received over
+//!   bitswap or imported from CARs go through rust-ipfs.
 //! - Reads are re-hashed here although the fs store also re-hashes: the check must not depend
 //!   on a storage backend's internals, and SHA-256 with SHA-NI costs little next to the I/O.
 //! - rust-ipfs's own GC lock is not held across an add (its `RwLock` is fair, so holding a read
@@ -36,6 +40,7 @@
 pub mod config;
 pub mod dag;
 mod exchange;
+mod files;
 mod peers;
 mod read;
 
@@ -51,7 +56,6 @@ use rust_ipfs::p2p::IdentifyConfiguration;
 use rust_ipfs::{Block, Ipfs, Keypair, PinMode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::RwLock;
-use tokio::task::JoinSet;
 use tracing::{debug, info, instrument, warn};
 
 pub use cid::Cid;
@@ -60,7 +64,7 @@ pub use dag::{CHUNK_SIZE, DagBuilder, MAX_LINKS};
 pub use rust_ipfs::{Multiaddr, PeerId};
 
 use crate::error::StoreError;
-use dag::{DagBlock, RAW_CODEC};
+use dag::RAW_CODEC;
 
 /// What [`Blockstore::add`] stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,12 +87,17 @@ pub struct ConsistencyReport {
     /// Temporary files of a pin write interrupted by a crash (the pin was never made); they
     /// are removed by the check.
     pub interrupted_pin_writes: Vec<PathBuf>,
+    /// Temporary files of block writes interrupted by a crash (never part of a pinned DAG);
+    /// they are removed by the check.
+    pub interrupted_block_writes: Vec<PathBuf>,
 }
 
 impl ConsistencyReport {
     /// True when nothing inconsistent was found.
     pub fn is_clean(&self) -> bool {
-        self.incomplete_pins.is_empty() && self.interrupted_pin_writes.is_empty()
+        self.incomplete_pins.is_empty()
+            && self.interrupted_pin_writes.is_empty()
+            && self.interrupted_block_writes.is_empty()
     }
 }
 
@@ -236,6 +245,9 @@ impl Blockstore {
             for path in &report.interrupted_pin_writes {
                 warn!(path = %path.display(), "removed leftover of an interrupted pin write");
             }
+            for path in &report.interrupted_block_writes {
+                warn!(path = %path.display(), "removed leftover of an interrupted block write");
+            }
             if let Some(inner) = Arc::get_mut(&mut store.inner) {
                 inner.open_report = report;
             }
@@ -367,14 +379,14 @@ impl Blockstore {
         self.add(data).await
     }
 
-    /// Builds the DAG and writes its blocks (fsynced), without pinning.
+    /// Builds the DAG and writes its blocks (durably, see [`files`]), without pinning.
     async fn write_dag<R: AsyncRead + Unpin + Send>(
         &self,
         mut reader: R,
     ) -> Result<AddResult, StoreError> {
-        let limit = self.inner.config.max_in_flight_blocks;
+        let mut writer =
+            files::BlockWriter::new(self.blocks_dir(), self.inner.config.max_in_flight_blocks);
         let mut builder = DagBuilder::new();
-        let mut writes: JoinSet<Result<(), StoreError>> = JoinSet::new();
         let mut buf = vec![0u8; CHUNK_SIZE];
         loop {
             let n = read_chunk(&mut reader, &mut buf).await?;
@@ -382,7 +394,7 @@ impl Blockstore {
                 break;
             }
             for block in builder.push_chunk(&buf[..n]) {
-                self.spawn_write(&mut writes, limit, block).await?;
+                writer.write(block.cid, block.data).await?;
             }
             if n < CHUNK_SIZE {
                 break;
@@ -393,11 +405,9 @@ impl Blockstore {
         let (rest, root) = builder.finish();
         let blocks = pushed + rest.len() as u64;
         for block in rest {
-            self.spawn_write(&mut writes, limit, block).await?;
+            writer.write(block.cid, block.data).await?;
         }
-        while let Some(res) = writes.join_next().await {
-            res.map_err(|e| StoreError::Repo(format!("block writer task: {e}")))??;
-        }
+        writer.finish().await?;
         Ok(AddResult {
             cid: root,
             size,
@@ -405,27 +415,9 @@ impl Blockstore {
         })
     }
 
-    async fn spawn_write(
-        &self,
-        writes: &mut JoinSet<Result<(), StoreError>>,
-        limit: usize,
-        block: DagBlock,
-    ) -> Result<(), StoreError> {
-        while writes.len() >= limit {
-            if let Some(res) = writes.join_next().await {
-                res.map_err(|e| StoreError::Repo(format!("block writer task: {e}")))??;
-            }
-        }
-        let ipfs = self.inner.ipfs.clone();
-        writes.spawn(async move {
-            let block = Block::new_unchecked(block.cid, block.data);
-            ipfs.put_block(&block)
-                .broadcast_on_new_block(false)
-                .await
-                .map(|_| ())
-                .map_err(|e| StoreError::Repo(format!("writing block {}: {e:#}", block.cid())))
-        });
-        Ok(())
+    /// rust-ipfs's file-system block store inside the repository.
+    fn blocks_dir(&self) -> PathBuf {
+        self.inner.config.repo.join("blockstore")
     }
 
     /// The CID `add` would give, without storing anything.
@@ -565,6 +557,8 @@ impl Blockstore {
                 .collect()
         };
         let ipfs = &self.inner.ipfs;
+        let mut writer =
+            files::BlockWriter::new(self.blocks_dir(), self.inner.config.max_in_flight_blocks);
         let mut stack = vec![cid];
         while let Some(c) = stack.pop() {
             let block = match ipfs.repo().get_block_now(c).await {
@@ -572,12 +566,8 @@ impl Blockstore {
                 _ => match exchange::fetch(ipfs, &c, &asked).await {
                     Ok(data) => {
                         // Hash-checked by the exchange; stored here (bitswap stores its own).
-                        let block = Block::new_unchecked(c, data);
-                        ipfs.repo()
-                            .put_block(&block)
-                            .await
-                            .map_err(repo_err("storing a fetched block"))?;
-                        block
+                        writer.write(c, data.clone()).await?;
+                        Block::new_unchecked(c, data)
                     }
                     Err(e) => {
                         debug!(cid = %c, error = %e, "block exchange failed; trying bitswap");
@@ -594,6 +584,7 @@ impl Blockstore {
                 })?;
             stack.extend(refs.into_iter().rev());
         }
+        writer.finish().await?;
         self.check_dag(cid).await?;
         ipfs.insert_pin(cid)
             .recursive()
@@ -682,7 +673,7 @@ impl Blockstore {
     }
 
     /// Checks every recursive pin's DAG for completeness and removes the temporary files left
-    /// by a pin write interrupted by a crash.
+    /// by a pin or block write interrupted by a crash.
     pub async fn check(&self) -> Result<ConsistencyReport, StoreError> {
         let mut report = ConsistencyReport::default();
         let pins_dir = self.inner.config.repo.join("datastore").join("pins");
@@ -690,6 +681,11 @@ impl Blockstore {
             tokio::task::spawn_blocking(move || remove_temp_pins(&pins_dir))
                 .await
                 .map_err(|e| StoreError::Repo(format!("pin scan task: {e}")))??;
+        let blocks_dir = self.blocks_dir();
+        report.interrupted_block_writes =
+            tokio::task::spawn_blocking(move || files::remove_temp_blocks(&blocks_dir))
+                .await
+                .map_err(|e| StoreError::Repo(format!("block scan task: {e}")))??;
         for root in self.list_pins().await? {
             report.pins_checked += 1;
             if let Some(missing) = self.first_missing(root).await? {
@@ -855,6 +851,38 @@ mod tests {
             }
         }
         panic!("no block file for {cid}");
+    }
+
+    /// The facade's block writer and rust-ipfs's store must agree on where a block lives: a
+    /// block rust-ipfs wrote is where `files` looks, and one `files` wrote rust-ipfs reads,
+    /// lists and removes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_files_are_where_rust_ipfs_keeps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Blockstore::open(offline(dir.path())).await.expect("open");
+        let ipfs = &store.inner.ipfs;
+        let theirs = Bytes::from_static(b"written by rust-ipfs");
+        let theirs_cid = dag::raw_cid(&theirs);
+        ipfs.put_block(&Block::new_unchecked(theirs_cid, theirs.clone()))
+            .await
+            .expect("put");
+        let path = files::block_path(&store.blocks_dir(), &theirs_cid);
+        assert_eq!(std::fs::read(&path).expect("rust-ipfs's file"), &theirs[..]);
+
+        let ours = Bytes::from_static(b"written by the facade");
+        let ours_cid = dag::raw_cid(&ours);
+        let mut writer = files::BlockWriter::new(store.blocks_dir(), 4);
+        writer.write(ours_cid, ours.clone()).await.expect("write");
+        writer.finish().await.expect("finish");
+        let read = ipfs.repo().get_block_now(ours_cid).await.expect("get");
+        assert_eq!(read.expect("present").data(), &ours[..]);
+        let listed: Vec<Cid> = ipfs.repo().list_blocks().await.collect().await;
+        assert!(listed.contains(&ours_cid) && listed.contains(&theirs_cid));
+        // unpinned: garbage to rust-ipfs as well
+        let removed = store.gc().await.expect("gc");
+        assert!(removed.contains(&ours_cid), "{removed:?}");
+        assert!(!ipfs.repo().contains(ours_cid).await.expect("contains"));
+        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
