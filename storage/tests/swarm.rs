@@ -249,3 +249,41 @@ async fn blocks_flow_both_ways_after_a_peer_restarts() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// A local copy of a block that fails verification (same length, other bytes: a damaged disk)
+/// does not stop a fetch: the verified copy from the peer replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_repairs_a_damaged_local_block() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Blockstore::open(config(da.path(), &["/ip4/127.0.0.1/tcp/0"], None))
+        .await
+        .expect("open a");
+    let data = common::seeded(2 * CHUNK_SIZE + 11, 31);
+    let cid = a.add_bytes(&data).await.expect("add").cid;
+
+    // b holds a damaged copy of the first leaf, in rust-ipfs's layout
+    let leaf = ehr_storage::blockstore::dag::raw_cid(&data[..CHUNK_SIZE]);
+    let key = leaf.to_string();
+    let path = db
+        .path()
+        .join("blockstore")
+        .join(&key[key.len() - 3..key.len() - 1])
+        .join(format!("{key}.data"));
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut damaged = data[..CHUNK_SIZE].to_vec();
+    damaged[1000] ^= 1;
+    std::fs::write(&path, &damaged).unwrap();
+
+    let b = Blockstore::open(config(db.path(), &[], None))
+        .await
+        .expect("open b");
+    b.connect(addr_of(&a, false).await).await.expect("dial a");
+    b.fetch_and_pin(cid, &[a.peer_id()], Duration::from_secs(30))
+        .await
+        .expect("fetch despite the damaged copy");
+    let got: Vec<bytes::Bytes> = b.cat(cid).try_collect().await.expect("cat");
+    assert!(got.concat() == data, "fetched bytes differ");
+    assert_eq!(std::fs::read(&path).unwrap(), &data[..CHUNK_SIZE]);
+    b.shutdown().await;
+    a.shutdown().await;
+}

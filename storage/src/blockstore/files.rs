@@ -80,6 +80,16 @@ impl BlockWriter {
     /// Queues `data` as the block `cid` (the caller computed `cid` from `data`); waits while
     /// `limit` writes are in flight, so at most that many blocks are held.
     pub(crate) async fn write(&mut self, cid: Cid, data: Bytes) -> Result<(), StoreError> {
+        self.queue(cid, data, false).await
+    }
+
+    /// Like [`BlockWriter::write`], but replaces a file already there (a copy that failed
+    /// verification is replaced by a verified one).
+    pub(crate) async fn replace(&mut self, cid: Cid, data: Bytes) -> Result<(), StoreError> {
+        self.queue(cid, data, true).await
+    }
+
+    async fn queue(&mut self, cid: Cid, data: Bytes, replace: bool) -> Result<(), StoreError> {
         while self.tasks.len() >= self.limit {
             self.join_one().await?;
         }
@@ -88,7 +98,7 @@ impl BlockWriter {
             self.dirs.insert(dir.to_path_buf());
         }
         self.tasks.spawn_blocking(move || {
-            write_block_file(&path, &data).map_err(|e| {
+            write_block_file(&path, &data, replace).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!("writing block {cid} to {}: {e}", path.display()),
@@ -133,9 +143,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
         .map_err(|e| io::Error::new(e.kind(), format!("syncing {}: {e}", dir.display())))
 }
 
-/// Writes one block file unless an intact-looking one (right length) is already there.
-fn write_block_file(path: &Path, data: &[u8]) -> io::Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == data.len() as u64) {
+/// Writes one block file unless (`replace` off) an intact-looking one (right length) is
+/// already there.
+fn write_block_file(path: &Path, data: &[u8], replace: bool) -> io::Result<()> {
+    if !replace
+        && std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == data.len() as u64)
+    {
         return Ok(());
     }
     let dir = path
@@ -264,7 +277,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_damaged_file_of_the_wrong_length_is_replaced() {
+    async fn a_damaged_file_is_replaced() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         let data = Bytes::from_static(b"block bytes");
@@ -272,8 +285,19 @@ mod tests {
         let path = block_path(&root, &cid);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, b"block").unwrap();
-        let mut writer = BlockWriter::new(root, 1);
+        let mut writer = BlockWriter::new(root.clone(), 1);
         writer.write(cid, data.clone()).await.unwrap();
+        writer.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), &data[..]);
+
+        // same length but damaged: `write` cannot tell, `replace` (a verified copy) repairs
+        std::fs::write(&path, b"BLOCK BYTES").unwrap();
+        let mut writer = BlockWriter::new(root.clone(), 1);
+        writer.write(cid, data.clone()).await.unwrap();
+        writer.finish().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"BLOCK BYTES");
+        let mut writer = BlockWriter::new(root, 1);
+        writer.replace(cid, data.clone()).await.unwrap();
         writer.finish().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), &data[..]);
     }

@@ -572,13 +572,16 @@ impl Blockstore {
         let mut writer =
             files::BlockWriter::new(self.blocks_dir(), self.inner.config.max_in_flight_blocks);
         let mut stack = vec![cid];
+        // every block below the root, for the pin (rust-ipfs's `insert_pin` would walk again)
+        let mut below = std::collections::BTreeSet::new();
         while let Some(c) = stack.pop() {
             let block = match ipfs.repo().get_block_now(c).await {
                 Ok(Some(b)) => b,
                 _ => match exchange::fetch(ipfs, &c, &asked).await {
                     Ok(data) => {
                         // Hash-checked by the exchange; stored here (bitswap stores its own).
-                        writer.write(c, data.clone()).await?;
+                        // A local copy that failed verification is replaced.
+                        writer.replace(c, data.clone()).await?;
                         Block::new_unchecked(c, data)
                     }
                     Err(e) => {
@@ -594,13 +597,17 @@ impl Blockstore {
                     cid: c.to_string(),
                     reason: e.to_string(),
                 })?;
+            below.extend(refs.iter().copied());
             stack.extend(refs.into_iter().rev());
         }
         writer.finish().await?;
+        // Re-reads every block: a damaged local copy the walk found present fails here.
         self.check_dag(cid).await?;
-        ipfs.insert_pin(cid)
-            .recursive()
-            .local()
+        below.remove(&cid);
+        let below = futures::stream::iter(below.into_iter().map(Ok)).boxed();
+        ipfs.repo()
+            .data_store()
+            .insert_recursive_pin(&cid, below)
             .await
             .map_err(repo_err("pinning a fetched DAG"))
     }
