@@ -4,8 +4,9 @@
 //! [`AppEvent`]s of [`super::app::SharedLedger`] in commit order, turns `RecordAdded` /
 //! `RecordRemoved` into [`IndexEvent`]s, marks every block applied, and commits the index after
 //! each batch of events, at most every [`COMMIT_INTERVAL`] (a tantivy commit writes a segment;
-//! committing per block under upload load cost more CPU than the records). On [`AppEvent::Restored`] (or at start) it catches up from the state
-//! itself: every record registered, or removed, above the index's applied height. If the index
+//! committing per block under upload load cost more CPU than the records). On
+//! [`AppEvent::Restored`] (or at start) it catches up from the state itself: every record
+//! registered, or removed, above the index's applied height. If the index
 //! refuses an event (a conflict or an out-of-order event: the index and the ledger disagree),
 //! it rebuilds the index from the state into a fresh directory and swaps it in.
 //!

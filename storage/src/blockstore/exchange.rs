@@ -73,11 +73,12 @@ fn response(block: Option<&[u8]>) -> Bytes {
 
 /// Decodes a response to a request for `cid`: the block's bytes, checked against the CID, or
 /// `None` when the peer does not hold it.
-fn parse_response(cid: &Cid, bytes: &[u8]) -> Result<Option<Bytes>, StoreError> {
+fn parse_response(cid: &Cid, bytes: &Bytes) -> Result<Option<Bytes>, StoreError> {
     match bytes.split_first() {
         Some((&FOUND, data)) => {
             dag::verify_block(cid, data)?;
-            Ok(Some(Bytes::copy_from_slice(data)))
+            // the block shares the response's buffer (no copy)
+            Ok(Some(bytes.slice(1..)))
         }
         Some((&NOT_FOUND, [])) => Ok(None),
         _ => Err(StoreError::Network(format!(
@@ -183,7 +184,10 @@ mod tests {
         ));
         for bad in [&[][..], &[0, 1][..], &[2, 1, 2][..]] {
             assert!(
-                matches!(parse_response(&cid, bad), Err(StoreError::Network(_))),
+                matches!(
+                    parse_response(&cid, &Bytes::copy_from_slice(bad)),
+                    Err(StoreError::Network(_))
+                ),
                 "{bad:?}"
             );
         }

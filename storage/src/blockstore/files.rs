@@ -195,22 +195,31 @@ fn temp_writer_pid(name: &str) -> Option<u32> {
 /// process's own temporary files may belong to writes in flight.
 pub(crate) fn remove_temp_blocks(root: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let me = std::process::id();
+    remove_files_where(root, |name| {
+        temp_writer_pid(name).is_some_and(|pid| pid != me)
+    })
+}
+
+/// Removes every file under `dir` (recursively) whose name `stale` accepts; returns what it
+/// removed. A missing `dir`, or a file gone meanwhile, is not an error.
+pub(crate) fn remove_files_where(
+    dir: &Path,
+    stale: impl Fn(&str) -> bool,
+) -> Result<Vec<PathBuf>, StoreError> {
     let mut found = Vec::new();
-    let shards = match std::fs::read_dir(root) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(found),
-        Err(e) => return Err(e.into()),
-    };
-    for shard in shards {
-        let shard = shard?;
-        if !shard.file_type()?.is_dir() {
-            continue;
-        }
-        for entry in std::fs::read_dir(shard.path())? {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
             let entry = entry?;
-            let name = entry.file_name();
-            let stale = temp_writer_pid(&name.to_string_lossy()).is_some_and(|pid| pid != me);
-            if stale && entry.file_type()?.is_file() {
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() && stale(&entry.file_name().to_string_lossy()) {
                 match std::fs::remove_file(entry.path()) {
                     Ok(()) => found.push(entry.path()),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
