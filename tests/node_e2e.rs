@@ -42,6 +42,8 @@ async fn upload_search_read_grant_revoke_across_nodes() {
     let net = Net::start().await;
     let researcher = net.who("researcher.json");
     let outsider = net.who("researcher-1.json");
+    let kw = Keyword::code(SNOMED_DIABETES).unwrap();
+    let at_0 = net.open_capsules(0, &researcher).await;
 
     // Upload at node 0.
     let r = net
@@ -55,12 +57,20 @@ async fn upload_search_read_grant_revoke_across_nodes() {
     let rec = &r.json()["records"][0];
     let cid = rec["cid"].as_str().unwrap().to_owned();
     assert!(rec["labels"].as_u64().unwrap() >= 2);
+    // Read-your-writes at the uploading node: a search sent right after the 201 finds it.
+    let s = net.search(0, &researcher, &at_0, &kw).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(
+        s.json()["hits"][0]["cid"],
+        cid,
+        "{}",
+        String::from_utf8_lossy(&s.body)
+    );
     net.settle().await;
 
     // Search at node 1: found by the researcher, not by the outsider.
     let opened = net.open_capsules(1, &researcher).await;
     assert_eq!(opened.len(), 4, "every hospital's default capsule opens");
-    let kw = Keyword::code(SNOMED_DIABETES).unwrap();
     let s = net.search(1, &researcher, &opened, &kw).await;
     assert_eq!(s.status, 200);
     let hits = s.json()["hits"].as_array().unwrap().clone();

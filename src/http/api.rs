@@ -743,6 +743,38 @@ fn parse_query(v: &Value, path: &str, depth: usize) -> Result<SseQuery, Problem>
     }
 }
 
+/// The longest a search waits for the index to take in the blocks committed before it came.
+const SEARCH_INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits, up to [`SEARCH_INDEX_WAIT`], until the search index has committed every ledger block
+/// this node had committed when the call began. The index follower commits at most every
+/// 200 ms, so without this a search sent right after an upload's 201 (a script's next line)
+/// could miss the record. After the wait (an index still catching up after a restore) the
+/// search runs on what is indexed.
+async fn await_index(ctx: &NodeCtx) {
+    let target = ctx.ledger.read().height();
+    let deadline = tokio::time::Instant::now() + SEARCH_INDEX_WAIT;
+    loop {
+        let indexed = ctx
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .committed_height();
+        if indexed >= target {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::debug!(
+                indexed,
+                ledger = target,
+                "search on an index still catching up"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// `POST /v1/search`.
 pub async fn post_search(State(ctx): Ctx, Extension(p): Extension<Principal>, req: Request) -> R {
     let body = read_body(&ctx, req.into_body()).await?;
@@ -763,6 +795,7 @@ pub async fn post_search(State(ctx): Ctx, Extension(p): Extension<Principal>, re
             .map_err(|e| Problem::field("cursor", e.to_string()))?,
         ),
     };
+    await_index(&ctx).await;
     // Page through the index, keeping only records the caller may read, until the page is
     // full or the results end.
     let ctx2 = ctx.clone();
