@@ -39,6 +39,14 @@ pub trait App {
     /// state.
     fn check_tx(&self, tx: &[u8]) -> Result<Hash, TxReject>;
 
+    /// Whether a transaction that passed [`App::check_tx`] earlier is still acceptable against
+    /// the current committed state (consensus drops it from its pending pool otherwise, e.g.
+    /// when another transaction used its nonce). An implementation may skip the checks that do
+    /// not depend on the state, such as the signature. Must not change state.
+    fn recheck_tx(&self, tx: &[u8]) -> Result<(), TxReject> {
+        self.check_tx(tx).map(|_| ())
+    }
+
     /// Applies the transactions of the block at `height` in order. Returns one outcome per
     /// transaction and the state root after the block.
     fn apply_block(&mut self, height: u64, txs: &[Vec<u8>]) -> (Vec<TxOutcome>, Hash);

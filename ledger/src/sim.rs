@@ -363,6 +363,10 @@ pub enum Byzantine {
     Mutator,
 }
 
+/// How many base view-change timeouts the honest replicas get, once everything committed, to
+/// come to work in one view (see `Sim::settle_views`).
+pub const VIEW_SETTLE_TIMEOUTS: u64 = 40;
+
 /// A simulation scenario.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -1351,6 +1355,7 @@ impl Sim {
                 }
             }
         }
+        self.settle_views()?;
         self.report.end_ms = self.now;
         self.report.committed_height = (0..n)
             .filter(|i| self.honest(*i))
@@ -1485,6 +1490,7 @@ impl Sim {
             .iter()
             .filter(|id| !self.replies.contains(&(iso, **id)))
             .count();
+        self.settle_views()?;
         let isolated_height = self.replicas[iso as usize]
             .as_ref()
             .map_or(0, |r| r.last_executed());
@@ -1513,14 +1519,49 @@ impl Sim {
                 .is_some_and(|(h, r)| h <= r)
     }
 
+    /// (view, active) of every honest replica that is up.
+    fn honest_views(&self) -> Vec<(ReplicaId, u64, bool)> {
+        (0..self.cfg.n as ReplicaId)
+            .filter(|i| self.honest(*i))
+            .filter_map(|i| {
+                self.replicas[i as usize]
+                    .as_ref()
+                    .map(|r| (i, r.view(), r.is_view_active()))
+            })
+            .collect()
+    }
+
+    /// After everything committed, with the network healed and no new load: within
+    /// [`VIEW_SETTLE_TIMEOUTS`] base view-change timeouts every honest replica works, active,
+    /// in one view. A replica left alone in a higher view takes no part in consensus, so the
+    /// system would have no fault margin left although every replica is up.
+    fn settle_views(&mut self) -> Result<(), SimFailure> {
+        let limit = self.now + VIEW_SETTLE_TIMEOUTS * self.cfg.view_change_timeout_ms;
+        loop {
+            let views = self.honest_views();
+            let settled = views
+                .iter()
+                .all(|(_, v, active)| *active && *v == views[0].1);
+            if settled {
+                return Ok(());
+            }
+            if !self.step_until(limit)? {
+                return self.fail(format!(
+                    "views: {} base view-change timeouts after every transaction committed, the \
+                     honest replicas do not share one active view (replica, view, active: \
+                     {views:?})",
+                    VIEW_SETTLE_TIMEOUTS
+                ));
+            }
+        }
+    }
+
     fn all_committed(&self) -> bool {
         (0..self.cfg.n as ReplicaId)
             .filter(|i| self.honest(*i))
             .all(|i| {
                 self.replicas[i as usize].as_ref().is_some_and(|r| {
-                    self.submitted.keys().all(|_| true)
-                        && r.app().applied() >= self.submitted.len()
-                        && r.pending_len() == 0
+                    r.app().applied() >= self.submitted.len() && r.pending_len() == 0
                 })
             })
     }

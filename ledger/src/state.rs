@@ -1764,6 +1764,13 @@ impl App for LedgerState {
 
     /// Applies a block. Heights must strictly increase (consensus applies each committed height
     /// once, in order); a non-increasing height is a broken invariant of the caller and panics.
+    /// As [`App::check_tx`] without the signature check, which depends on the bytes only.
+    fn recheck_tx(&self, tx: &[u8]) -> Result<(), TxReject> {
+        let decoded = SignedTx::decode(tx)?;
+        self.check_sender(&decoded, NonceRule::Window)?;
+        self.check_kind_if_next(&decoded, &tx_id(tx))
+    }
+
     fn apply_block(&mut self, height: u64, txs: &[Vec<u8>]) -> (Vec<TxOutcome>, Hash) {
         assert!(
             height > self.meta.height,

@@ -75,6 +75,10 @@ struct Net {
     commits: Vec<Vec<CommittedBlock>>,
     sent: Vec<Vec<Vec<u8>>>,
     down: Vec<bool>,
+    /// Cut off: messages to and from it are lost, but it keeps running.
+    cut: Vec<bool>,
+    /// Whether a primary may refuse a relayed transaction (one the application refuses).
+    refused_forwards_ok: bool,
     now: u64,
 }
 
@@ -88,6 +92,8 @@ impl Net {
             commits: vec![Vec::new(); 4],
             sent: vec![Vec::new(); 4],
             down: vec![false; 4],
+            cut: vec![false; 4],
+            refused_forwards_ok: false,
             now: 0,
         }
     }
@@ -118,12 +124,35 @@ impl Net {
 
     fn pump(&mut self) {
         while let Some((from, to, msg)) = self.queue.pop_front() {
-            if self.down[from as usize] || self.down[to as usize] {
-                continue;
-            }
-            let r = self.replicas[to as usize].step(Input::Peer { from, msg });
+            self.deliver(from, to, msg);
+        }
+    }
+
+    fn deliver(&mut self, from: ReplicaId, to: ReplicaId, msg: Vec<u8>) {
+        let lost = |i: ReplicaId| self.down[i as usize] || self.cut[i as usize];
+        if lost(from) || lost(to) {
+            return;
+        }
+        let r = self.replicas[to as usize].step(Input::Peer { from, msg });
+        let refused_forward =
+            matches!(&r, Err(LedgerError::InvalidProposal(m)) if m.starts_with("forward from"));
+        if !(refused_forward && self.refused_forwards_ok) {
             assert!(r.is_ok(), "replica {to} refused {from}'s message: {r:?}");
-            self.drain(to);
+        }
+        self.drain(to);
+    }
+
+    /// (view, active) of every replica.
+    fn views(&self) -> Vec<(u64, bool)> {
+        self.replicas
+            .iter()
+            .map(|r| (r.view(), r.is_view_active()))
+            .collect()
+    }
+
+    fn tick_until(&mut self, t: u64) {
+        while self.now < t {
+            self.tick(100);
         }
     }
 
@@ -316,7 +345,12 @@ proptest! {
                 stable: r.stable_checkpoint().clone(),
                 prepared: vec![],
             }),
-            Body::StateRequest { have: 0, low: 0 },
+            Body::StateRequest {
+                have: 0,
+                low: 0,
+                view: 0,
+                active: true,
+            },
         ];
         let mut m = signed(0, bodies[which].clone(), CHAIN, EPOCH);
         let i = pos % m.len();
@@ -707,4 +741,86 @@ fn a_lone_view_change_waits_for_a_quorum_and_keeps_relaying_client_transactions(
     })
     .unwrap();
     assert_eq!((r.view(), r.is_view_active()), (2, false));
+}
+
+#[test]
+fn a_pending_transaction_whose_nonce_another_one_used_does_not_start_a_lone_view_change() {
+    let mut net = Net::new();
+    net.refused_forwards_ok = true;
+    net.tick(1);
+    let first = KvApp::make_tx(KvAuth::Tag, 7, 1, b"k", b"first");
+    let second = KvApp::make_tx(KvAuth::Tag, 7, 1, b"k", b"second");
+    // The primary orders `first`; replica 2 prepares it but gets no commit votes yet.
+    net.replicas[0].step(Input::Request(first)).unwrap();
+    net.drain(0);
+    let mut held = Vec::new();
+    while let Some((from, to, m)) = net.queue.pop_front() {
+        let commit = matches!(msg::decode(&m, 4 << 20).unwrap().body, Body::Commit { .. });
+        if to == 2 && commit {
+            held.push((from, to, m));
+        } else {
+            net.deliver(from, to, m);
+        }
+    }
+    assert_eq!(net.replicas[0].last_executed(), 1);
+    assert_eq!(net.replicas[2].last_executed(), 0);
+    // The same sender's `second`, with the same nonce, reaches replica 2, which has not
+    // executed `first` yet: it accepts it and relays it to the primary, which refuses it.
+    net.replicas[2].step(Input::Request(second)).unwrap();
+    net.drain(2);
+    net.pump();
+    // Replica 2 executes `first` in the normal case; `second` can never be ordered now.
+    net.queue.extend(held);
+    net.pump();
+    assert_eq!(net.replicas[2].last_executed(), 1);
+    assert_eq!(net.replicas[2].pending_len(), 1);
+    // Its view-change timer expires; it drops `second` instead of leaving view 0 alone.
+    net.tick_until(10_000);
+    assert_eq!(net.views(), vec![(0, true); 4]);
+    assert_eq!(net.replicas[2].pending_len(), 0);
+}
+
+#[test]
+fn replicas_join_a_peer_left_alone_in_the_next_view_but_not_at_will() {
+    let mut net = Net::new();
+    // Replica 3 relays its transaction until it learns that it committed.
+    net.refused_forwards_ok = true;
+    net.tick(1);
+    // Replica 3 is cut off while its client's transaction is pending: its timer expires and
+    // it asks, alone, for view 1.
+    net.cut[3] = true;
+    net.submit(3, tx(1));
+    net.tick_until(1_200);
+    assert_eq!(net.views()[3], (1, false));
+    // The cut heals. Replica 3 relays its transaction to everyone; the others order it in
+    // view 0 and replica 3 follows by state transfer, but takes no part in consensus.
+    net.cut[3] = false;
+    let healed = net.now;
+    net.tick_until(healed + 1_500);
+    assert_eq!(
+        net.views(),
+        vec![(0, true), (0, true), (0, true), (1, false)],
+        "one request for view 1 is not enough at first"
+    );
+    assert!((0..4).all(|r| net.replicas[r].app().has_applied(1, 1)));
+    // Two base timeouts after they first saw its request, the others join it.
+    net.tick_until(healed + 4_000);
+    assert_eq!(net.views(), vec![(1, true); 4]);
+
+    // Again, soon after: replica 3 is cut off with a pending transaction and asks for view 2.
+    net.cut[3] = true;
+    net.submit(3, tx(2));
+    // (Twice the base timeout: nothing has committed in view 1 yet, so the back-off stands.)
+    net.tick_until(net.now + 2_200);
+    assert_eq!(net.views()[3], (2, false));
+    net.cut[3] = false;
+    let healed = net.now;
+    // Within ten base timeouts of the first join the others do not join again (a Byzantine
+    // replica cannot make them change view at will)...
+    net.tick_until(healed + 3_000);
+    assert_eq!(net.views()[..3], vec![(1, true); 3]);
+    assert!((0..4).all(|r| net.replicas[r].app().has_applied(2, 2)));
+    // ...and after that they do.
+    net.tick_until(healed + 12_000);
+    assert_eq!(net.views(), vec![(2, true); 4]);
 }

@@ -221,6 +221,42 @@ fn nonces_replay_and_gap() {
 }
 
 #[test]
+fn recheck_follows_the_state_and_agrees_with_check() {
+    let mut net = Net::new();
+    let me = net.id("hospital_a");
+    let kind = |e: u8| TxKind::PublishCapsule {
+        capsule: CapsuleId([e; 32]),
+        policy: "role:researcher".into(),
+        epoch: 0,
+        wrapped_search_key: vec![1; 10],
+    };
+    let sign = |net: &Net, nonce: u64, e: u8| {
+        TxBody::new(CHAIN, me, nonce, kind(e))
+            .sign(&net.keys["hospital_a"])
+            .to_bytes()
+    };
+    // Two transactions with nonce 1 pass both checks; one of them commits.
+    let (first, second) = (sign(&net, 1, 1), sign(&net, 1, 2));
+    for t in [&first, &second] {
+        assert!(net.state.check_tx(t).is_ok());
+        assert!(net.state.recheck_tx(t).is_ok());
+    }
+    assert_eq!(net.apply(vec![first]), vec![TxOutcome::Applied]);
+    // Now the other one can never apply: the recheck says so, as check_tx does.
+    assert_eq!(
+        net.state.recheck_tx(&second).unwrap_err().code,
+        codes::NONCE_REPLAYED
+    );
+    assert_eq!(
+        net.state.check_tx(&second).unwrap_err().code,
+        codes::NONCE_REPLAYED
+    );
+    // The next nonce is still fine; garbage is refused, not a panic.
+    assert!(net.state.recheck_tx(&sign(&net, 2, 3)).is_ok());
+    assert!(net.state.recheck_tx(b"not a transaction").is_err());
+}
+
+#[test]
 fn envelope_chain_sender_signer_signature() {
     let mut net = Net::new();
     let me = net.id("hospital_a");

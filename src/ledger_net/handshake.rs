@@ -27,8 +27,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use super::error::NetError;
 use super::frame::{read_frame, write_frame};
 
-/// The handshake version this node speaks.
-pub const HANDSHAKE_VERSION: u16 = 1;
+/// The version of the replica protocol this node speaks (handshake and consensus messages);
+/// peers of another version are refused at the handshake, with a clear error, instead of
+/// failing on messages they cannot decode.
+/// - 1: the first.
+/// - 2: state requests carry the requester's view (so a peer in a later view can tell it).
+pub const HANDSHAKE_VERSION: u16 = 2;
 /// Magic bytes opening every hello.
 const MAGIC: &[u8; 4] = b"EHRL";
 /// Domain separator of the signed transcript.

@@ -72,6 +72,10 @@ impl App for SharedLedger {
         self.read().check_tx(tx)
     }
 
+    fn recheck_tx(&self, tx: &[u8]) -> Result<(), TxReject> {
+        self.read().recheck_tx(tx)
+    }
+
     fn apply_block(&mut self, height: u64, txs: &[Vec<u8>]) -> (Vec<TxOutcome>, Hash) {
         let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());
         let out = st.apply_block(height, txs);

@@ -48,6 +48,14 @@ const MAX_BACKOFF_EXP: u32 = 6;
 /// must not be able to push views towards overflow).
 const MAX_VIEW_JUMP: u64 = 1 << 20;
 
+/// A peer that has asked, alone, for the view after the current one for this many base
+/// view-change timeouts is joined (see `Replica::join_lone_view_change`).
+const LONE_VIEW_WAIT_TIMEOUTS: u64 = 2;
+
+/// At most one such join per this many base view-change timeouts, so a Byzantine replica can
+/// force a view change only that often.
+const LONE_VIEW_GAP_TIMEOUTS: u64 = 10;
+
 /// Stable reject code for a transaction refused because the pending pool is full.
 pub const OVERLOADED: &str = "overloaded";
 
@@ -363,6 +371,9 @@ pub struct Replica<A: App> {
     vc_deadline: Option<u64>,
     arm_vc_on_tick: bool,
     latest_vc: BTreeMap<ReplicaId, SignedViewChange>,
+    /// When each peer's entry in `latest_vc` arrived.
+    vc_seen_at: BTreeMap<ReplicaId, u64>,
+    last_lone_join: Option<u64>,
     my_vc_msg: Option<Vec<u8>>,
     new_view_msg: Option<(u64, Vec<u8>)>,
     fetched_new_view: u64,
@@ -477,6 +488,8 @@ impl<A: App> Replica<A> {
             vc_deadline: None,
             arm_vc_on_tick: false,
             latest_vc: BTreeMap::new(),
+            vc_seen_at: BTreeMap::new(),
+            last_lone_join: None,
             my_vc_msg: None,
             new_view_msg: None,
             fetched_new_view: 0,
@@ -690,8 +703,11 @@ impl<A: App> Replica<A> {
     }
 
     fn has_work(&self) -> bool {
+        !self.pending_by_id.is_empty() || self.has_work_besides_pending()
+    }
+
+    fn has_work_besides_pending(&self) -> bool {
         !self.active
-            || !self.pending_by_id.is_empty()
             || !self.in_flight.is_empty()
             || self.log.range(self.last_exec + 1..).any(|(_, s)| {
                 s.pp.as_ref().is_some_and(|p| p.view == self.view) || !s.commits.is_empty()
@@ -803,15 +819,15 @@ impl<A: App> Replica<A> {
         Ok(())
     }
 
-    /// Moves transactions the application now refuses (e.g. committed through another path)
-    /// out of the pending pool.
+    /// Moves transactions the application now refuses (committed through another path, or
+    /// their nonce used by another transaction) out of the pending pool.
     fn recheck_pending(&mut self) {
         let ids: Vec<Hash> = self.pending_by_id.keys().copied().collect();
         for id in ids {
             let ok = self
                 .pending_by_id
                 .get(&id)
-                .map(|p| self.app.check_tx(&p.bytes).is_ok())
+                .map(|p| self.app.recheck_tx(&p.bytes).is_ok())
                 .unwrap_or(true);
             if !ok && let Some(p) = self.pending_by_id.remove(&id) {
                 self.pending.remove(&p.seq);
@@ -971,8 +987,13 @@ impl<A: App> Replica<A> {
                 self.on_fetch_new_view(from, view);
                 Ok(())
             }
-            Body::StateRequest { have, low } => {
-                self.on_state_request(from, have, low);
+            Body::StateRequest {
+                have,
+                low,
+                view,
+                active,
+            } => {
+                self.on_state_request(from, have, low, view, active);
                 Ok(())
             }
             Body::StableCheckpoint(cert) => self.on_stable_checkpoint(cert),
@@ -1529,6 +1550,20 @@ impl<A: App> Replica<A> {
         }
         if let Some(d) = self.vc_deadline
             && self.now >= d
+            && self.active
+            && !self.has_work_besides_pending()
+        {
+            // Only pending transactions keep the timer running. One the application now
+            // refuses (another transaction used its nonce, e.g. one its sender submitted
+            // through another replica) will never be ordered; it must not make this replica
+            // leave the view alone, while the primary and the others have nothing to do.
+            self.recheck_pending();
+            if self.pending_by_id.is_empty() {
+                self.vc_deadline = None;
+            }
+        }
+        if let Some(d) = self.vc_deadline
+            && self.now >= d
         {
             // Move to the next view, or straight to the highest view another replica has
             // asked for: joining it is always safe, and it lets replicas that fell behind in
@@ -1542,6 +1577,9 @@ impl<A: App> Replica<A> {
             let target = self.view.saturating_add(1).max(seen);
             tracing::info!(view = target, "view-change timer expired");
             self.start_view_change(target);
+        }
+        if self.active {
+            self.join_lone_view_change();
         }
         if self.is_primary() && self.active {
             self.try_propose();
@@ -1558,6 +1596,54 @@ impl<A: App> Replica<A> {
         {
             self.last_retransmit = self.now;
             self.retransmit();
+        }
+    }
+
+    /// Joins the view after this one if a peer has asked for it alone for a while.
+    ///
+    /// The view-change timer of a replica that was cut off, or that alone held a transaction
+    /// the primary never ordered, expires alone; it asks for the next view and, by
+    /// `arm_view_change_timer`'s rule, stops there. Textbook PBFT leaves it there until the
+    /// others change view for their own reasons, and it cannot come back: its view change may
+    /// still be used in a new view, so it must not vote in a lower view again. Meanwhile it
+    /// takes no part in consensus (it follows by state transfer), and the consortium has no
+    /// fault margin left although every replica is up.
+    ///
+    /// So a replica working in view v that has seen a peer's view change for v+1 standing,
+    /// without f others, for [`LONE_VIEW_WAIT_TIMEOUTS`] base timeouts starts a view change
+    /// to v+1 itself; f+1 requests then bring the rest. Moving to a higher view is always
+    /// safe; the cost is one view change, at most once per [`LONE_VIEW_GAP_TIMEOUTS`] base
+    /// timeouts, which bounds how often a Byzantine peer can force one.
+    fn join_lone_view_change(&mut self) {
+        let base = self.cfg.view_change_timeout_ms;
+        if self
+            .last_lone_join
+            .is_some_and(|t| self.now < t.saturating_add(LONE_VIEW_GAP_TIMEOUTS * base))
+        {
+            return;
+        }
+        let next = self.view.saturating_add(1);
+        let me = self.me();
+        let wait = LONE_VIEW_WAIT_TIMEOUTS * base;
+        let lone = self
+            .latest_vc
+            .iter()
+            .filter(|(r, s)| **r != me && s.vc.new_view == next)
+            .find(|(r, _)| {
+                self.vc_seen_at
+                    .get(r)
+                    .is_some_and(|t| self.now >= t.saturating_add(wait))
+            })
+            .map(|(r, _)| *r);
+        if let Some(peer) = lone {
+            tracing::info!(
+                peer,
+                view = next,
+                "a peer has asked alone for the next view for a while; joining it so that it \
+                 takes part in consensus again"
+            );
+            self.last_lone_join = Some(self.now);
+            self.start_view_change(next);
         }
     }
 

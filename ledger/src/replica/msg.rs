@@ -182,6 +182,10 @@ pub enum Body {
         have: u64,
         /// The requester's last stable checkpoint.
         low: u64,
+        /// The requester's view.
+        view: u64,
+        /// Whether the requester works in that view (false while it changes view).
+        active: bool,
     },
     /// A stable checkpoint certificate, for a replica that executed that height but missed
     /// the votes (certificates are transferable).

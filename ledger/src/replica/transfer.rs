@@ -25,13 +25,22 @@ impl<A: App> Replica<A> {
             Body::StateRequest {
                 have: self.last_exec,
                 low: self.low,
+                view: self.view,
+                active: self.active,
             },
             None,
         );
         self.send(Dest::All, m);
     }
 
-    pub(super) fn on_state_request(&mut self, from: ReplicaId, have: u64, low: u64) {
+    pub(super) fn on_state_request(
+        &mut self,
+        from: ReplicaId,
+        have: u64,
+        low: u64,
+        view: u64,
+        active: bool,
+    ) {
         // Serve each peer at most twice per retransmission interval: an answer may carry a
         // whole snapshot, and a Byzantine peer must not be able to make us copy it at will.
         let gap = (self.cfg.retransmit_ms / 2).max(1);
@@ -39,6 +48,17 @@ impl<A: App> Replica<A> {
             && self.now < last.saturating_add(gap)
         {
             return;
+        }
+        // A peer still working in an earlier view (it missed the view change), or waiting to
+        // enter this one (it missed the new view), hears nothing else from an idle consortium:
+        // send it this view's new-view message, which it checks like any other.
+        if self.active
+            && (view < self.view || (view == self.view && !active))
+            && let Some((v, m)) = self.new_view_msg.clone()
+            && v == self.view
+        {
+            self.served.insert(from, self.now);
+            self.send(Dest::One(from), m);
         }
         if have >= self.last_exec {
             if low < self.low && have >= self.low {

@@ -113,6 +113,7 @@ impl<A: App> Replica<A> {
         self.validate_vc(&vc, true)?;
         self.latest_vc
             .insert(from, SignedViewChange { from, vc, sig });
+        self.vc_seen_at.insert(from, self.now);
         // Join a view change that f+1 replicas ask for (at least one of them is honest).
         let mut higher: Vec<u64> = self
             .latest_vc
