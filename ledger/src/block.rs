@@ -337,6 +337,7 @@ pub struct CommittedBlock {
     /// The executed header.
     pub header: BlockHeader,
     /// The transactions, in order.
+    #[serde(with = "crate::bytes_serde::txs")]
     pub txs: Vec<Vec<u8>>,
     /// 2f+1 commit signatures over the header's proposal digest.
     pub cert: CommitCert,
@@ -374,10 +375,21 @@ impl CommittedBlock {
 
     /// An inclusion proof for transaction `index`, or `None` if out of range.
     pub fn inclusion_proof(&self, index: usize) -> Option<InclusionProof> {
+        self.inclusion_proof_in(&merkle::MerkleTree::new(&self.txs), index)
+    }
+
+    /// As [`Self::inclusion_proof`], with the block's tree built once by the caller
+    /// (`MerkleTree::new(&block.txs)`) for proving many of its transactions.
+    pub fn inclusion_proof_in(
+        &self,
+        tree: &merkle::MerkleTree,
+        index: usize,
+    ) -> Option<InclusionProof> {
+        debug_assert_eq!(tree.len(), self.txs.len(), "the tree of this block");
         Some(InclusionProof {
             header: self.header.clone(),
             cert: self.cert.clone(),
-            merkle: merkle::prove(&self.txs, index)?,
+            merkle: tree.prove(index)?,
         })
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod block;
+mod bytes_serde;
 pub mod crypto;
 pub mod error;
 pub mod merkle;

@@ -75,34 +75,87 @@ pub struct MerkleProof {
     pub siblings: Vec<Hash>,
 }
 
-fn path(leaves: &[Hash], index: usize, out: &mut Vec<Hash>) {
-    let n = leaves.len();
-    if n <= 1 {
-        return;
+/// A whole tree, built once, for proving many of its transactions (each proof reads
+/// `ceil(log2 n)` stored hashes instead of rehashing the block).
+///
+/// Built bottom-up: each level pairs neighbours and promotes an unpaired last node unchanged.
+/// That is the same tree as RFC 6962's top-down definition (the left subtree holds the largest
+/// power of two below `n`), so roots and proofs agree with [`root`] (property-tested).
+#[derive(Debug, Clone)]
+pub struct MerkleTree {
+    /// `levels[0]` are the leaf hashes, the last level is the root (empty for no leaves).
+    levels: Vec<Vec<Hash>>,
+}
+
+impl MerkleTree {
+    /// The tree of the transactions, in order.
+    pub fn new<T: AsRef<[u8]>>(txs: &[T]) -> Self {
+        let mut levels = vec![
+            txs.iter()
+                .map(|t| leaf_hash(t.as_ref()))
+                .collect::<Vec<_>>(),
+        ];
+        while let Some(last) = levels.last().filter(|l| l.len() > 1) {
+            let next = last
+                .chunks(2)
+                .map(|pair| match pair {
+                    [l, r] => inner_hash(l, r),
+                    [one] => *one,
+                    _ => unreachable!("invariant: chunks(2) yields one or two"),
+                })
+                .collect();
+            levels.push(next);
+        }
+        Self { levels }
     }
-    let k = split(n);
-    if index < k {
-        path(&leaves[..k], index, out);
-        out.push(root_of(&leaves[k..]));
-    } else {
-        path(&leaves[k..], index - k, out);
-        out.push(root_of(&leaves[..k]));
+
+    /// The number of leaves.
+    pub fn len(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// Whether the tree has no leaves.
+    pub fn is_empty(&self) -> bool {
+        self.levels[0].is_empty()
+    }
+
+    /// The root (equal to [`root`] of the same transactions).
+    pub fn root(&self) -> Hash {
+        match self.levels.last().and_then(|l| l.first()) {
+            Some(r) => *r,
+            None => empty_root(),
+        }
+    }
+
+    /// The inclusion proof of the leaf at `index`, or `None` if `index` is out of range.
+    pub fn prove(&self, index: usize) -> Option<MerkleProof> {
+        if index >= self.len() {
+            return None;
+        }
+        let mut siblings = Vec::new();
+        let mut i = index;
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = if i % 2 == 1 {
+                Some(level[i - 1])
+            } else {
+                level.get(i + 1).copied()
+            };
+            // No sibling: the node is promoted to the next level unchanged.
+            siblings.extend(sibling);
+            i /= 2;
+        }
+        Some(MerkleProof {
+            index: index as u64,
+            leaf_count: self.len() as u64,
+            siblings,
+        })
     }
 }
 
-/// The inclusion proof of `txs[index]`, or `None` if `index` is out of range.
+/// The inclusion proof of `txs[index]`, or `None` if `index` is out of range. To prove many
+/// transactions of one block, build a [`MerkleTree`] once.
 pub fn prove<T: AsRef<[u8]>>(txs: &[T], index: usize) -> Option<MerkleProof> {
-    if index >= txs.len() {
-        return None;
-    }
-    let leaves: Vec<Hash> = txs.iter().map(|t| leaf_hash(t.as_ref())).collect();
-    let mut siblings = Vec::new();
-    path(&leaves, index, &mut siblings);
-    Some(MerkleProof {
-        index: index as u64,
-        leaf_count: txs.len() as u64,
-        siblings,
-    })
+    MerkleTree::new(txs).prove(index)
 }
 
 /// Recomputes the root from a leaf hash and a proof; `None` if the proof's shape is wrong.
@@ -167,6 +220,39 @@ mod tests {
                 }
             }
             assert!(prove(&t, n).is_none());
+        }
+    }
+
+    /// RFC 6962's top-down audit path, straight from its definition.
+    fn reference_path(leaves: &[Hash], index: usize, out: &mut Vec<Hash>) {
+        let n = leaves.len();
+        if n <= 1 {
+            return;
+        }
+        let k = split(n);
+        if index < k {
+            reference_path(&leaves[..k], index, out);
+            out.push(root_of(&leaves[k..]));
+        } else {
+            reference_path(&leaves[k..], index - k, out);
+            out.push(root_of(&leaves[..k]));
+        }
+    }
+
+    #[test]
+    fn the_bottom_up_tree_is_rfc_6962s() {
+        for n in 0..=70 {
+            let t = txs(n);
+            let tree = MerkleTree::new(&t);
+            assert_eq!(tree.root(), root(&t), "n={n}");
+            assert_eq!(tree.len(), n);
+            let leaves: Vec<Hash> = t.iter().map(|x| leaf_hash(x)).collect();
+            for i in 0..n {
+                let mut want = Vec::new();
+                reference_path(&leaves, i, &mut want);
+                assert_eq!(tree.prove(i).unwrap().siblings, want, "n={n} i={i}");
+            }
+            assert!(tree.prove(n).is_none());
         }
     }
 

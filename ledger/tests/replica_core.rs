@@ -824,3 +824,26 @@ fn replicas_join_a_peer_left_alone_in_the_next_view_but_not_at_will() {
     net.tick_until(healed + 12_000);
     assert_eq!(net.views(), vec![(2, true); 4]);
 }
+
+#[test]
+fn a_backup_relays_a_turns_client_transactions_in_one_message() {
+    let store = MemStore::new();
+    let mut r = replica(3, &store);
+    r.step(Input::Tick { now_ms: 0 }).unwrap();
+    let txs: Vec<Vec<u8>> = (1..=5).map(tx).collect();
+    for t in &txs {
+        r.step(Input::Request(t.clone())).unwrap();
+    }
+    let sent = sent_bodies(&mut r);
+    let forwards: Vec<&Vec<Vec<u8>>> = sent
+        .iter()
+        .filter_map(|(d, b)| match b {
+            Body::Forward { txs } if *d == Dest::One(0) => Some(txs),
+            _ => None,
+        })
+        .collect();
+    // max_batch_txs is 2: three messages, in submission order, instead of five.
+    assert_eq!(forwards.len(), 3);
+    let relayed: Vec<Vec<u8>> = forwards.into_iter().flatten().cloned().collect();
+    assert_eq!(relayed, txs);
+}

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use ehr_ledger::app::{App, Hash};
 use ehr_ledger::block::CommittedBlock;
 use ehr_ledger::error::LedgerError;
+use ehr_ledger::merkle::MerkleTree;
 use ehr_ledger::replica::{Action, Dest, Input, Record, Replica, tx_id};
 use ehr_ledger::store::Store;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -421,6 +422,7 @@ impl<A: App, S: Store> Driver<A, S> {
                 NetError::Store(e.to_string())
             })?;
         }
+        let mut proofs: Option<(u64, Arc<CommittedBlock>, Arc<MerkleTree>)> = None;
         for a in actions {
             match a {
                 Action::Persist(_) => {}
@@ -459,10 +461,23 @@ impl<A: App, S: Store> Driver<A, S> {
                     let Some(waiters) = self.waiting.remove(&tx_id) else {
                         continue;
                     };
-                    let answer = self.block_at(height).and_then(|b| {
-                        let proof = b.inclusion_proof(index as usize).ok_or_else(|| {
-                            NetError::Store(format!("block {height} has no transaction {index}"))
-                        })?;
+                    // Replies come block by block: build each block's Merkle tree once
+                    // (proving every transaction from scratch was quadratic in the block).
+                    let tree = match &proofs {
+                        Some((h, b, t)) if *h == height => Ok((b.clone(), t.clone())),
+                        _ => self.block_at(height).map(|b| {
+                            let t = Arc::new(MerkleTree::new(&b.txs));
+                            proofs = Some((height, b.clone(), t.clone()));
+                            (b, t)
+                        }),
+                    };
+                    let answer = tree.and_then(|(b, tree)| {
+                        let proof =
+                            b.inclusion_proof_in(&tree, index as usize).ok_or_else(|| {
+                                NetError::Store(format!(
+                                    "block {height} has no transaction {index}"
+                                ))
+                            })?;
                         Ok(Committed {
                             tx_id,
                             height,

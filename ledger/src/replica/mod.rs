@@ -309,7 +309,7 @@ pub enum Action {
         /// The state root at that height.
         state_root: Hash,
     },
-    /// A transaction submitted to this replica was committed.
+    /// A transaction submitted to this replica was committed (after its block's `Commit`).
     Reply {
         /// The transaction id (SHA3-256 of its bytes).
         tx_id: Hash,
@@ -409,6 +409,9 @@ pub struct Replica<A: App> {
     state_deadline: Option<u64>,
 
     persist_buf: Vec<Record>,
+    /// Client transactions to relay, sent as few `Forward` messages when the actions are
+    /// drained (one signed message per driver turn instead of one per transaction).
+    forward_buf: Vec<Vec<u8>>,
     actions: Vec<Action>,
 }
 
@@ -520,6 +523,7 @@ impl<A: App> Replica<A> {
             served: BTreeMap::new(),
             state_deadline: None,
             persist_buf: Vec::new(),
+            forward_buf: Vec::new(),
             actions: Vec::new(),
             cfg,
         };
@@ -547,6 +551,7 @@ impl<A: App> Replica<A> {
 
     /// The actions produced so far, in the order they must be executed.
     pub fn drain_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
+        self.flush_forwards();
         self.flush_persist();
         self.actions.drain(..)
     }
@@ -767,12 +772,50 @@ impl<A: App> Replica<A> {
         if self.is_primary() && self.active {
             self.try_propose();
         } else {
-            let to = self.forward_dest();
-            let (m, _) = self.sign(Body::Forward { txs: vec![tx] }, None);
-            self.send(to, m);
+            self.forward_buf.push(tx);
         }
         self.arm_timer();
         Ok(())
+    }
+
+    /// Relays the buffered client transactions, in submission order, in as few messages as
+    /// the batch limits allow.
+    fn flush_forwards(&mut self) {
+        if self.forward_buf.is_empty() {
+            return;
+        }
+        let txs = std::mem::take(&mut self.forward_buf);
+        if self.is_primary() && self.active {
+            // Became the primary within the turn: the transactions are pending here already.
+            self.try_propose();
+            return;
+        }
+        let to = self.forward_dest();
+        for chunk in self.forward_chunks(txs) {
+            let (m, _) = self.sign(Body::Forward { txs: chunk }, None);
+            self.send(to, m);
+        }
+    }
+
+    /// Splits transactions into `Forward` bodies within `max_batch_txs` and `max_batch_bytes`
+    /// (a single transaction is at most `max_batch_bytes`, checked on admission).
+    fn forward_chunks(&self, txs: Vec<Vec<u8>>) -> Vec<Vec<Vec<u8>>> {
+        let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut bytes = 0usize;
+        for tx in txs {
+            let full = out.last().is_none_or(|c| {
+                c.len() >= self.cfg.max_batch_txs || bytes + tx.len() > self.cfg.max_batch_bytes
+            });
+            if full {
+                out.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += tx.len();
+            out.last_mut()
+                .expect("invariant: a chunk was just pushed")
+                .push(tx);
+        }
+        out
     }
 
     fn add_pending(&mut self, id: Hash, bytes: Vec<u8>) {
@@ -1365,6 +1408,7 @@ impl<A: App> Replica<A> {
         let block = CommittedBlock { header, txs, cert };
         self.last_exec = height;
         self.last_hash = block_hash;
+        let mut replies = Vec::new();
         for (i, (tx, outcome)) in block.txs.iter().zip(outcomes).enumerate() {
             let id = tx_id(tx);
             if let Some(p) = self.pending_by_id.remove(&id) {
@@ -1372,12 +1416,16 @@ impl<A: App> Replica<A> {
             }
             self.in_flight.remove(&id);
             if self.local.remove(&id) && emit {
-                self.actions_reply(id, height, i as u32, outcome);
+                replies.push((id, i as u32, outcome));
             }
         }
         if emit {
             self.persist(Record::Block(block.clone()));
+            // The block first, then its replies (a driver answers them from the block).
             self.emit(Action::Commit(Box::new(block.clone())));
+            for (id, i, outcome) in replies {
+                self.actions_reply(id, height, i, outcome);
+            }
         }
         let header = block.header.clone();
         self.blocks.insert(height, block);
@@ -1710,13 +1758,10 @@ impl<A: App> Replica<A> {
             .filter(|id| self.local.contains(*id))
             .filter_map(|id| self.pending_by_id.get(id).map(|p| p.bytes.clone()))
             .collect();
-        for chunk in txs.chunks(self.cfg.max_batch_txs) {
-            let (m, _) = self.sign(
-                Body::Forward {
-                    txs: chunk.to_vec(),
-                },
-                None,
-            );
+        // Everything buffered is among them.
+        self.forward_buf.clear();
+        for chunk in self.forward_chunks(txs) {
+            let (m, _) = self.sign(Body::Forward { txs: chunk }, None);
             self.send(to, m);
         }
     }

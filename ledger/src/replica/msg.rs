@@ -36,6 +36,7 @@ pub struct PreparedCert {
     /// The proposal digest the signatures cover.
     pub digest: Hash,
     /// The batch, if carried (its digest must equal `digest`).
+    #[serde(with = "crate::bytes_serde::opt_txs")]
     pub txs: Option<Vec<Vec<u8>>>,
     /// The primary's pre-prepare signature.
     pub primary_sig: Sig,
@@ -97,6 +98,7 @@ pub struct Reproposal {
     /// The height.
     pub height: u64,
     /// The batch (empty for a null block).
+    #[serde(with = "crate::bytes_serde::txs")]
     pub txs: Vec<Vec<u8>>,
     /// The new primary's pre-prepare signature for (view, height, digest).
     pub sig: Sig,
@@ -129,6 +131,7 @@ pub enum Body {
     /// Client transactions forwarded to the primary.
     Forward {
         /// The transactions.
+        #[serde(with = "crate::bytes_serde::txs")]
         txs: Vec<Vec<u8>>,
     },
     /// The primary's proposal of a batch at (view, height).
@@ -138,6 +141,7 @@ pub enum Body {
         /// The height.
         height: u64,
         /// The batch.
+        #[serde(with = "crate::bytes_serde::txs")]
         txs: Vec<Vec<u8>>,
     },
     /// A backup's prepare vote.
