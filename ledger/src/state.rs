@@ -73,6 +73,8 @@ pub const MAX_ATTRIBUTES_PER_PARTICIPANT: usize = 256;
 pub const MAX_AUTH_KEYS_PER_PARTICIPANT: usize = 4;
 /// How many strictly verified transaction ids `check_tx` remembers for `apply_block`.
 const SIG_CACHE_CAPACITY: usize = 1 << 16;
+/// Decompressed signer keys kept (cleared when full).
+const KEY_CACHE_CAPACITY: usize = 4096;
 /// Snapshot format magic and version.
 const SNAPSHOT_MAGIC: &[u8] = b"EHRSNAP\x02";
 /// The previous snapshot format (no authentication keys), still read.
@@ -505,6 +507,9 @@ pub struct LedgerState {
     dirty: BTreeSet<StateKey>,
     events: Vec<StateEvent>,
     sig_cache: Mutex<SigCache>,
+    /// Decompressed public keys of recent signers (decompressing costs about a quarter of a
+    /// verification). Bounded; not part of the state.
+    key_cache: Mutex<BTreeMap<[u8; 32], VerifyingKey>>,
 }
 
 impl std::fmt::Debug for LedgerState {
@@ -552,6 +557,7 @@ impl LedgerState {
             dirty: BTreeSet::new(),
             events: Vec::new(),
             sig_cache: Mutex::new(SigCache::default()),
+            key_cache: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -1276,7 +1282,33 @@ impl LedgerState {
             .unwrap_or_else(|e| e.into_inner())
             .ids
             .remove(id);
-        if hit { Ok(()) } else { tx.verify_signature() }
+        if hit { Ok(()) } else { self.verify_strict(tx) }
+    }
+
+    /// [`SignedTx::verify_signature`] with the signer's key decompressed once.
+    fn verify_strict(&self, tx: &SignedTx) -> Result<(), TxReject> {
+        let cached = self
+            .key_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&tx.signer)
+            .copied();
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let k = VerifyingKey::from_bytes(&tx.signer).map_err(|_| {
+                    reject(codes::BAD_SIGNATURE, "signer: not a valid Ed25519 point")
+                })?;
+                let mut cache = self.key_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= KEY_CACHE_CAPACITY {
+                    cache.clear();
+                }
+                cache.insert(tx.signer, k);
+                k
+            }
+        };
+        key.verify_strict(&tx.signing_message(), &Signature::from_bytes(&tx.signature))
+            .map_err(|_| reject(codes::BAD_SIGNATURE, "signature: does not verify"))
     }
 
     // ----- execution (infallible: runs only after validation) -----
@@ -1753,11 +1785,21 @@ impl App for LedgerState {
         let decoded = SignedTx::decode(tx)?;
         let id = tx_id(tx);
         self.check_sender(&decoded, NonceRule::Window)?;
-        decoded.verify_signature()?;
-        self.sig_cache
+        // The same bytes were verified strictly before (a backup checks its own client's
+        // transaction again when the primary proposes it): the signature is still good.
+        let verified = self
+            .sig_cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id);
+            .ids
+            .contains(&id);
+        if !verified {
+            self.verify_strict(&decoded)?;
+            self.sig_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id);
+        }
         self.check_kind_if_next(&decoded, &id)?;
         Ok(id)
     }
