@@ -1142,8 +1142,12 @@ impl FileCounters {
     }
 }
 
-impl LabelCounter for FileCounters {
-    fn reserve(&mut self, keys: &[&KeywordKey]) -> Result<Vec<u64>, SseError> {
+impl FileCounters {
+    /// Reserves the next counter of each chain in `keys` as [`LabelCounter::reserve`] does,
+    /// but only writes the reservation to the file: it is not durable until the file is synced
+    /// ([`Self::sync_handle`]), and the counters must not be used before. For callers that
+    /// sync many reservations at once (group commit).
+    pub fn reserve_unsynced(&mut self, keys: &[&KeywordKey]) -> Result<Vec<u64>, SseError> {
         let mut out = Vec::with_capacity(keys.len());
         let mut append = Vec::with_capacity(keys.len() * COUNTER_RECORD_LEN);
         let mut updates = Vec::with_capacity(keys.len());
@@ -1160,13 +1164,26 @@ impl LabelCounter for FileCounters {
             updates.push((id, val));
             out.push(current);
         }
-        // Durable before anything is handed out.
         self.file.write_all(&append)?;
-        self.file.sync_data()?;
         self.records += updates.len();
         for (id, val) in updates {
             self.entries.insert(id, val);
         }
+        Ok(out)
+    }
+
+    /// A handle on the counter file for syncing (`sync_data`) reservations made with
+    /// [`Self::reserve_unsynced`], without holding the counters.
+    pub fn sync_handle(&self) -> Result<File, SseError> {
+        Ok(self.file.try_clone()?)
+    }
+}
+
+impl LabelCounter for FileCounters {
+    fn reserve(&mut self, keys: &[&KeywordKey]) -> Result<Vec<u64>, SseError> {
+        let out = self.reserve_unsynced(keys)?;
+        // Durable before anything is handed out.
+        self.file.sync_data()?;
         Ok(out)
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod follower;
+pub mod group_commit;
 pub mod metrics;
 pub mod secrets;
 pub mod sequencer;
@@ -18,7 +19,7 @@ pub mod upload;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -149,8 +150,8 @@ pub struct NodeCtx {
     pub abe_share: MasterKeyShare,
     /// The hospital's default capsule.
     pub capsule: CapsuleInfo,
-    /// Label counters.
-    pub counters: Mutex<FileCounters>,
+    /// Label counters (group commit).
+    pub counters: group_commit::GroupCounters,
     /// Record data keys of this hospital (for grants).
     pub owner_keys: OwnerKeyStore,
     /// The key-encryption key that wraps new records' data keys ([`crate::recordkey`]).
@@ -518,7 +519,8 @@ impl Node {
             abe_share,
             capsule_published: AtomicBool::new(on_ledger.is_some()),
             capsule,
-            counters: Mutex::new(counters),
+            counters: group_commit::GroupCounters::new(counters)
+                .map_err(|e| comp("label counters")(e.to_string()))?,
             owner_keys,
             kek: tokio::sync::Mutex::new(None),
             hospital_id,

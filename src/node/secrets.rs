@@ -136,6 +136,8 @@ const DATA_KEYS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("data_
 pub struct OwnerKeyStore {
     db: Database,
     sealer: SealedBox,
+    /// Puts commit without fsync and are made durable together (group commit).
+    sync: crate::node::group_commit::GroupSync,
 }
 
 impl std::fmt::Debug for OwnerKeyStore {
@@ -165,23 +167,23 @@ impl OwnerKeyStore {
         Ok(OwnerKeyStore {
             db,
             sealer: SealedBox::derive(hospital_seed, b"owner-data-keys"),
+            sync: crate::node::group_commit::GroupSync::new(),
         })
     }
 
-    /// Stores the data key of `cid` (durably).
+    /// Stores the data key of `cid`; durable when this returns. Blocks on the disk.
     pub fn put(&self, cid: &[u8], key: &DataKey) -> Result<(), SecretError> {
-        let sealed = self.sealer.seal(cid, key.expose_secret());
-        let tx = self.db.begin_write().map_err(store_err)?;
-        {
-            let mut t = tx.open_table(DATA_KEYS).map_err(store_err)?;
-            t.insert(cid, sealed.as_slice()).map_err(store_err)?;
-        }
-        tx.commit().map_err(store_err)
+        self.put_many(&[(cid.to_vec(), key)])
     }
 
-    /// Stores the data keys of several records in one durable commit.
+    /// Stores the data keys of several records; durable when this returns. Concurrent calls
+    /// share one fsync: each commits without one, and the first to wait makes every commit
+    /// so far durable with an empty durable commit (redb persists earlier non-durable commits
+    /// with the next durable one). Blocks on the disk.
     pub fn put_many(&self, keys: &[(Vec<u8>, &DataKey)]) -> Result<(), SecretError> {
-        let tx = self.db.begin_write().map_err(store_err)?;
+        let mut tx = self.db.begin_write().map_err(store_err)?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(store_err)?;
         {
             let mut t = tx.open_table(DATA_KEYS).map_err(store_err)?;
             for (cid, key) in keys {
@@ -190,7 +192,12 @@ impl OwnerKeyStore {
                     .map_err(store_err)?;
             }
         }
-        tx.commit().map_err(store_err)
+        tx.commit().map_err(store_err)?;
+        let ticket = self.sync.ticket();
+        self.sync.wait(ticket, || {
+            let tx = self.db.begin_write().map_err(store_err)?;
+            tx.commit().map_err(store_err)
+        })
     }
 
     /// The data key of `cid`, if this node uploaded it.
@@ -248,5 +255,32 @@ mod tests {
         assert!(other.get(b"cid-1").is_err());
         let raw = std::fs::read(&p).unwrap();
         assert!(!raw.windows(32).any(|w| w == k.expose_secret()));
+    }
+
+    #[test]
+    fn concurrent_puts_share_commits_and_all_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("keys.redb");
+        let keys: Vec<DataKey> = (0..64).map(|_| DataKey::generate().unwrap()).collect();
+        {
+            let s = OwnerKeyStore::open(&p, &[5; 32]).unwrap();
+            std::thread::scope(|scope| {
+                for (t, chunk) in keys.chunks(8).enumerate() {
+                    let s = &s;
+                    scope.spawn(move || {
+                        for (i, k) in chunk.iter().enumerate() {
+                            s.put(format!("cid-{t}-{i}").as_bytes(), k).unwrap();
+                        }
+                    });
+                }
+            });
+        }
+        let s = OwnerKeyStore::open(&p, &[5; 32]).unwrap();
+        for (t, chunk) in keys.chunks(8).enumerate() {
+            for (i, k) in chunk.iter().enumerate() {
+                let got = s.get(format!("cid-{t}-{i}").as_bytes()).unwrap().unwrap();
+                assert_eq!(got.expose_secret(), k.expose_secret());
+            }
+        }
     }
 }

@@ -25,11 +25,12 @@ use ehr_ledger::app::TxOutcome;
 use ehr_ledger::tx::{
     Cid as LedgerCid, MAX_RECORDS_PER_TX, MAX_TX_BYTES, NewRecord, ParticipantId, TxKind,
 };
-use ehr_search::sse::{self, Keyword, LabelCounter as _, Trapdoor};
+use ehr_search::sse::{self, Keyword, Trapdoor};
 use ehr_storage::blockstore::Cid;
 use ehr_storage::seal::{self, DataKey, SealContext};
 
 use super::NodeCtx;
+use super::group_commit::blocking;
 use crate::ledger_net::{Committed, NetError};
 use crate::recordkey::{Encapsulated, Kek};
 
@@ -308,12 +309,13 @@ impl NodeCtx {
         let cid_bytes = added.cid.to_bytes();
         let wrapped = self.encapsulate(capsule, &cid_bytes, &key).await;
         let labels = wrapped.and_then(|w| {
-            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            self.capsule
-                .epoch_key
-                .labels_for(&keywords, &mut *counters)
-                .map(|l| (w, l))
-                .map_err(|e| OpError::Internal(format!("label counters: {e}")))
+            blocking(|| {
+                self.capsule
+                    .epoch_key
+                    .labels_for(&keywords, &mut self.counters.counter())
+            })
+            .map(|l| (w, l))
+            .map_err(|e| OpError::Internal(format!("label counters: {e}")))
         });
         drop(keywords);
         match labels {
@@ -368,8 +370,7 @@ impl NodeCtx {
         }
         let keys: Vec<(Vec<u8>, &DataKey)> =
             ready.iter().map(|p| (p.cid.to_bytes(), &p.key)).collect();
-        self.owner_keys
-            .put_many(&keys)
+        blocking(|| self.owner_keys.put_many(&keys))
             .map_err(|e| OpError::Internal(e.to_string()))?;
         let committed = committed_outcome(self.hospital.submit(kind).await?)?;
         self.metrics.records_uploaded.inc_by(ready.len() as u64);
@@ -478,16 +479,14 @@ impl NodeCtx {
     ) -> Result<Uploaded, OpError> {
         let cid_bytes = cid.to_bytes();
         let wrapped = self.encapsulate(capsule, &cid_bytes, &key).await?;
-        let labels = {
-            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = blocking(|| {
             self.capsule
                 .epoch_key
-                .labels_for(&keywords, &mut *counters)
-                .map_err(|e| OpError::Internal(format!("label counters: {e}")))?
-        };
+                .labels_for(&keywords, &mut self.counters.counter())
+        })
+        .map_err(|e| OpError::Internal(format!("label counters: {e}")))?;
         drop(keywords);
-        self.owner_keys
-            .put(&cid_bytes, &key)
+        blocking(|| self.owner_keys.put(&cid_bytes, &key))
             .map_err(|e| OpError::Internal(e.to_string()))?;
         drop(key);
         let labels: Vec<[u8; 16]> = labels.into_iter().map(|l| l.0).collect();
@@ -578,8 +577,7 @@ impl NodeCtx {
             .map_err(|e| OpError::Unavailable(format!("storing the sealed record: {e}")))?;
         let reserved = {
             let refs: Vec<&sse::KeywordKey> = keys.iter().collect();
-            let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-            counters.reserve(&refs)
+            blocking(|| self.counters.reserve(&refs))
         };
         let labels = match reserved {
             Ok(cs) => {
