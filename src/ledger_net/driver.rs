@@ -422,7 +422,9 @@ impl<A: App, S: Store> Driver<A, S> {
                 NetError::Store(e.to_string())
             })?;
         }
-        let mut proofs: Option<(u64, Arc<CommittedBlock>, Arc<MerkleTree>)> = None;
+        // Replies come block by block: each block's Merkle tree is built once for all of them
+        // (proving every transaction from scratch was quadratic in the block).
+        let mut proofs: Option<(Arc<CommittedBlock>, MerkleTree)> = None;
         for a in actions {
             match a {
                 Action::Persist(_) => {}
@@ -461,31 +463,37 @@ impl<A: App, S: Store> Driver<A, S> {
                     let Some(waiters) = self.waiting.remove(&tx_id) else {
                         continue;
                     };
-                    // Replies come block by block: build each block's Merkle tree once
-                    // (proving every transaction from scratch was quadratic in the block).
-                    let tree = match &proofs {
-                        Some((h, b, t)) if *h == height => Ok((b.clone(), t.clone())),
-                        _ => self.block_at(height).map(|b| {
-                            let t = Arc::new(MerkleTree::new(&b.txs));
-                            proofs = Some((height, b.clone(), t.clone()));
-                            (b, t)
-                        }),
-                    };
-                    let answer = tree.and_then(|(b, tree)| {
-                        let proof =
-                            b.inclusion_proof_in(&tree, index as usize).ok_or_else(|| {
-                                NetError::Store(format!(
-                                    "block {height} has no transaction {index}"
-                                ))
-                            })?;
-                        Ok(Committed {
+                    if proofs
+                        .as_ref()
+                        .is_none_or(|(b, _)| b.header.height != height)
+                    {
+                        proofs = None;
+                        match self.block_at(height) {
+                            Ok(b) => {
+                                let tree = MerkleTree::new(&b.txs);
+                                proofs = Some((b, tree));
+                            }
+                            Err(e) => {
+                                for w in waiters {
+                                    let _ = w.send(Err(NetError::Store(e.to_string())));
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    let answer = proofs
+                        .as_ref()
+                        .and_then(|(b, tree)| b.inclusion_proof_in(tree, index as usize))
+                        .map(|proof| Committed {
                             tx_id,
                             height,
                             index,
                             outcome,
                             proof,
                         })
-                    });
+                        .ok_or_else(|| {
+                            NetError::Store(format!("block {height} has no transaction {index}"))
+                        });
                     for w in waiters {
                         let _ = w.send(match &answer {
                             Ok(c) => Ok(c.clone()),
@@ -516,18 +524,9 @@ impl<A: App, S: Store> Driver<A, S> {
     }
 }
 
-/// Applies records durably. On a multi-threaded runtime the fsync runs in place of the
-/// worker (`block_in_place`) so other tasks keep running; on a current-thread runtime (tests,
-/// simulation) it runs inline.
+/// Applies records durably, without stalling the runtime's other tasks ([`crate::blocking`]).
 fn persist<S: Store>(store: &mut S, records: &[Record]) -> Result<(), LedgerError> {
-    let multi = tokio::runtime::Handle::try_current()
-        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        .unwrap_or(false);
-    if multi {
-        tokio::task::block_in_place(|| store.apply(records))
-    } else {
-        store.apply(records)
-    }
+    crate::blocking(|| store.apply(records))
 }
 
 async fn sleep_until(at: Option<Instant>) {

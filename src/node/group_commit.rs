@@ -46,20 +46,6 @@ impl GroupSync {
     }
 }
 
-/// Runs blocking work (file I/O with fsync) from async code without stalling the runtime's
-/// other tasks: on a multi-threaded runtime the worker hands its tasks over while `f` runs
-/// (`block_in_place`); elsewhere (current-thread runtimes, tests) `f` runs inline.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    let multi = tokio::runtime::Handle::try_current()
-        .map(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-        .unwrap_or(false);
-    if multi {
-        tokio::task::block_in_place(f)
-    } else {
-        f()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,7 +181,7 @@ impl GroupCounters {
     }
 
     /// Reserves the next counter of each chain in `keys`; durable when this returns. Blocks
-    /// (call it through [`blocking`]).
+    /// (call it through [`crate::blocking`]).
     pub fn reserve(
         &self,
         keys: &[&ehr_search::sse::KeywordKey],

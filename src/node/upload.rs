@@ -30,7 +30,7 @@ use ehr_storage::blockstore::Cid;
 use ehr_storage::seal::{self, DataKey, SealContext};
 
 use super::NodeCtx;
-use super::group_commit::blocking;
+use crate::blocking;
 use crate::ledger_net::{Committed, NetError};
 use crate::recordkey::{Encapsulated, Kek};
 
